@@ -1,0 +1,53 @@
+"""Recipe-level descriptions of models. A spec is data (YAML); `docthink.models.build_model` turns
+it into a `ChatModel`. API keys never live in a resolved recipe: a spec names the environment
+variable that holds the key, and a key written inline is masked whenever the recipe is dumped."""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class EndpointSpec(_Spec):
+    base_url: str = Field(description="OpenAI-compatible base URL, e.g. http://host:8000/v1")
+    api_key_env: str | None = Field(
+        "OPENAI_API_KEY", description="environment variable holding the key (none sent if unset)"
+    )
+    api_key: SecretStr | None = Field(
+        None, description="inline key; prefer api_key_env. Never written to run records"
+    )
+    max_concurrency: int = Field(64, ge=1, description="requests in flight on this endpoint")
+
+    @field_serializer("api_key")
+    def _mask(self, key: SecretStr | None) -> str | None:
+        return None if key is None else "**********"
+
+
+class OpenAIModelSpec(_Spec):
+    kind: Literal["openai"] = "openai"
+    model: str = Field(description="model name as the server knows it")
+    endpoints: tuple[EndpointSpec, ...] = Field(min_length=1)
+    timeout_s: float = Field(300.0, gt=0, description="per attempt")
+    max_retries: int = Field(5, ge=0, description="transport errors, 429 and 5xx")
+    backoff_s: float = Field(0.5, gt=0, description="first backoff; doubles, with jitter")
+    max_backoff_s: float = Field(30.0, gt=0)
+    max_validation_retries: int = Field(
+        2, ge=0, description="re-asks when structured output does not parse or validate"
+    )
+
+
+class TeacherSpec(_Spec):
+    kind: Literal["teacher"] = "teacher"
+    similarity: Literal["bm25", "minilm"] = Field(
+        "bm25",
+        description="bm25: lexical only; minilm: adds all-MiniLM-L6-v2 embeddings "
+        "(needs the 'embed' extra)",
+    )
+
+
+ModelSpec = Annotated[OpenAIModelSpec | TeacherSpec, Field(discriminator="kind")]

@@ -1,0 +1,246 @@
+"""Run folders: every command writes `runs/<id>/` (resolved recipe, summary, metrics, log) and
+leaves a record in the registry, so any result can be traced to the recipe and code that made it.
+
+    with start_run("ingest", recipe, command=sys.argv) as run:
+        run.log.info("...")
+        ...
+        run.add_output(path)
+        run.metrics["docs_ok"] = 12
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import platform
+import secrets
+import socket
+import subprocess
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from importlib import metadata
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel
+
+from docthink.runs.registry import Artifact, Registry, default_registry_path
+
+# Versions recorded with every run: what can change a result.
+TRACKED_PACKAGES = (
+    "docthink",
+    "pydantic",
+    "pypdfium2",
+    "pillow",
+    "numpy",
+    "aiohttp",
+    "orjson",
+    "pyarrow",
+    "sentence-transformers",
+    "torch",
+    "transformers",
+    "trl",
+    "peft",
+    "accelerate",
+    "safetensors",
+)
+
+
+def recipe_json(recipe: BaseModel) -> dict[str, object]:
+    """The recipe as written into run records: JSON types, secrets masked by their serializers."""
+    return recipe.model_dump(mode="json")
+
+
+def recipe_hash(recipe: BaseModel) -> str:
+    canonical = json.dumps(recipe_json(recipe), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def tree_digest(path: Path) -> tuple[str, int]:
+    """sha256 and total size of a file, or of a folder as the sorted list of (relative path,
+    file sha256) pairs, so a folder's digest changes iff a file in it changes."""
+    if path.is_file():
+        return file_sha256(path), path.stat().st_size
+    digest = hashlib.sha256()
+    size = 0
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
+        size += file.stat().st_size
+    return digest.hexdigest(), size
+
+
+def code_version() -> tuple[str | None, bool | None]:
+    """Git commit and dirty flag of the docthink source that is running (None outside a checkout)."""
+    src = Path(__file__).resolve().parent
+    try:
+        commit = subprocess.run(
+            ["git", "-C", str(src), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        )
+    except FileNotFoundError:  # no git on this machine
+        return None, None
+    if commit.returncode != 0:
+        return None, None
+    status = subprocess.run(
+        ["git", "-C", str(src), "status", "--porcelain", "--untracked-files=no"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    return commit.stdout.strip(), bool(status.stdout.strip())
+
+
+def package_versions() -> dict[str, str]:
+    versions = {"python": platform.python_version()}
+    for name in TRACKED_PACKAGES:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return versions
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
+def new_run_id(kind: str) -> str:
+    stamp = datetime.now(UTC).strftime("%Y%m%d-%H%M%S")
+    return f"{stamp}-{kind}-{secrets.token_hex(3)}"
+
+
+@dataclass
+class Run:
+    id: str
+    kind: str
+    dir: Path
+    log: logging.Logger
+    metrics: dict[str, object] = field(default_factory=dict)
+    summary: dict[str, object] = field(default_factory=dict)
+    _artifacts: list[Artifact] = field(default_factory=list)
+
+    def add_input(self, path: Path) -> None:
+        self._add("input", path)
+
+    def add_output(self, path: Path) -> None:
+        self._add("output", path)
+
+    def _add(self, role: str, path: Path) -> None:
+        sha, size = tree_digest(path)
+        self._artifacts.append(Artifact(role, str(path.resolve()), sha, size))
+
+    @property
+    def artifacts(self) -> list[Artifact]:
+        return list(self._artifacts)
+
+
+def _file_logger(run_id: str, path: Path) -> tuple[logging.Logger, logging.Handler]:
+    logger = logging.getLogger(f"docthink.run.{run_id}")
+    logger.setLevel(logging.INFO)
+    logger.propagate = True
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    logger.addHandler(handler)
+    return logger, handler
+
+
+def _write_json(path: Path, data: object) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+@contextmanager
+def start_run(
+    kind: str,
+    recipe: BaseModel,
+    *,
+    command: list[str],
+    runs_dir: Path = Path("runs"),
+    registry_path: Path | None = None,
+    parents: Iterable[str] = (),
+    inputs: Iterable[Path] = (),
+) -> Iterator[Run]:
+    """Open a run folder and a registry record; close both with the run's status.
+
+    The record is written as `running` first, so a killed process still leaves a trace."""
+    run_id = new_run_id(kind)
+    run_dir = runs_dir / run_id
+    run_dir.mkdir(parents=True)
+    resolved = recipe_json(recipe)
+    (run_dir / "recipe.yaml").write_text(
+        yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
+    )
+    log, handler = _file_logger(run_id, run_dir / "run.log")
+    run = Run(id=run_id, kind=kind, dir=run_dir, log=log)
+    for path in inputs:
+        run.add_input(path)
+    commit, dirty = code_version()
+    registry = Registry(registry_path or default_registry_path())
+    started = _now()
+    registry.start(
+        run_id=run_id,
+        kind=kind,
+        started_at=started,
+        command=command,
+        run_dir=str(run_dir.resolve()),
+        recipe=resolved,
+        recipe_hash=recipe_hash(recipe),
+        git_commit=commit,
+        git_dirty=dirty,
+        packages=package_versions(),
+        host=socket.gethostname(),
+        parents=tuple(parents),
+    )
+    log.info("run %s (%s) started; recipe hash %s", run_id, kind, recipe_hash(recipe))
+    status, error = "ok", None
+    try:
+        yield run
+    except KeyboardInterrupt:
+        status, error = "interrupted", "KeyboardInterrupt"
+        raise
+    except BaseException as exc:
+        status, error = "failed", f"{type(exc).__name__}: {exc}"
+        log.exception("run failed")
+        raise
+    finally:
+        ended = _now()
+        summary = {
+            "run_id": run_id,
+            "kind": kind,
+            "status": status,
+            "error": error,
+            "started_at": started,
+            "ended_at": ended,
+            "git_commit": commit,
+            "git_dirty": dirty,
+            **run.summary,
+        }
+        _write_json(run_dir / "summary.json", summary)
+        _write_json(run_dir / "metrics.json", run.metrics)
+        registry.finish(
+            run_id,
+            status=status,
+            ended_at=ended,
+            metrics=run.metrics,
+            artifacts=run.artifacts,
+            error=error,
+        )
+        registry.close()
+        log.info("run %s finished: %s", run_id, status)
+        log.removeHandler(handler)
+        handler.close()
