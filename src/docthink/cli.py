@@ -1,0 +1,317 @@
+"""The `docthink` command. Thin: parse arguments, resolve the recipe, call one stage, record the run."""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Annotated, TypeVar
+
+import typer
+import yaml
+from pydantic import BaseModel
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from docthink.corpus import Corpus
+from docthink.corpus import ingest as run_ingest
+from docthink.corpus.files import sharded
+from docthink.corpus.samples import write_sample_pdfs
+from docthink.models import CachedModel, ChatModel, RequestCache, build_model
+from docthink.recipe import (
+    ExportRecipe,
+    IngestRecipe,
+    RecipeError,
+    SynthRecipe,
+    commented_yaml,
+    load_recipe,
+)
+from docthink.runs import Registry, default_registry_path, recipe_hash, start_run
+from docthink.synth.card import write_card
+from docthink.synth.export import write_export
+from docthink.synth.pipeline import (
+    StageModels,
+    SynthResult,
+    read_examples,
+    synthesize,
+    write_tables,
+)
+from docthink.synth.prompts import prompt_hashes
+
+R = TypeVar("R", bound=BaseModel)
+
+
+class ExportFormatOpt(enum.StrEnum):
+    trl = "trl"
+    llamafactory = "llamafactory"
+
+app = typer.Typer(
+    no_args_is_help=True,
+    add_completion=False,
+    help="Long-context visual document models that reason: corpus, synthetic traces, SFT data.",
+)
+runs_app = typer.Typer(no_args_is_help=True, help="List and inspect recorded runs.")
+app.add_typer(runs_app, name="runs")
+
+console = Console(stderr=True)
+out_console = Console()
+
+RunsDir = Annotated[Path, typer.Option(help="where run folders go")]
+RegistryOpt = Annotated[
+    Path | None, typer.Option(help="registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]")
+]
+
+
+def _registry(path: Path | None) -> Registry:
+    return Registry(path or default_registry_path())
+
+
+@runs_app.command("list")
+def runs_list(
+    kind: Annotated[str | None, typer.Option(help="only runs of this kind")] = None,
+    limit: int = 20,
+    registry: RegistryOpt = None,
+) -> None:
+    """Most recent runs first."""
+    table = Table("id", "kind", "status", "started", "metrics")
+    for record in _registry(registry).list(kind=kind, limit=limit):
+        metrics = ", ".join(f"{k}={v}" for k, v in record.metrics.items() if not isinstance(v, dict))
+        table.add_row(record.id, record.kind, record.status, record.started_at[:19], metrics[:80])
+    out_console.print(table)
+
+
+@runs_app.command("show")
+def runs_show(run_id: str, registry: RegistryOpt = None) -> None:
+    """Everything recorded about one run, as YAML."""
+    try:
+        record = _registry(registry).get(run_id)
+    except KeyError as exc:
+        raise _fail(exc.args[0]) from None
+    data = {
+        **{k: v for k, v in record.__dict__.items() if k not in ("artifacts", "parents")},
+        "parents": list(record.parents),
+        "artifacts": [a.__dict__ for a in record.artifacts],
+    }
+    out_console.print(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False), end="", markup=False)
+
+
+
+ParentRun = Path("docthink_run.json")  # written into an output folder: which run made it
+
+
+def _mark_output(folder: Path, run_id: str, kind: str) -> None:
+    (folder / ParentRun).write_text(json.dumps({"run_id": run_id, "kind": kind}) + "\n")
+
+
+def _parent_of(folder: Path) -> list[str]:
+    marker = folder / ParentRun
+    return [json.loads(marker.read_text())["run_id"]] if marker.exists() else []
+
+
+def _say(message: str) -> None:
+    console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+def _fail(message: str) -> typer.Exit:
+    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
+    return typer.Exit(2)
+
+
+def _load(cls: type[R], recipe: Path | None, overrides: dict[str, object]) -> R:
+    try:
+        return load_recipe(cls, recipe, overrides)
+    except RecipeError as exc:
+        raise _fail(str(exc)) from None
+
+
+@app.command()
+def ingest(
+    pdf_dir: Annotated[Path, typer.Argument(help="folder of PDFs (searched recursively)")],
+    out: Annotated[Path, typer.Option("--out", help="corpus folder")],
+    workers: Annotated[int | None, typer.Option(help="worker processes [default: 2]")] = None,
+    render: Annotated[
+        bool, typer.Option("--render", help="also render every page at the recipe's policy now")
+    ] = False,
+    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """PDFs -> corpus: page counts, sizes, text layers; bad files listed with a reason."""
+    overrides: dict[str, object] = {"pdf_dir": pdf_dir, "out": out, "workers": workers}
+    if render:
+        overrides["prerender"] = {}
+    resolved = _load(IngestRecipe, recipe, overrides)
+    with start_run("ingest", resolved, command=sys.argv, runs_dir=runs_dir,
+                   registry_path=registry) as run:
+        summary = run_ingest(resolved.pdf_dir, resolved.out, render=resolved.prerender,
+                             workers=resolved.workers, progress=True)
+        run.metrics.update({k: v for k, v in summary.as_dict().items() if k != "rejections"})
+        run.summary["rejections"] = summary.rejections
+        run.add_output(resolved.out / "manifest.jsonl")
+        _mark_output(resolved.out, run.id, "ingest")
+    _say(
+        f"corpus {resolved.out}: {summary.ok} documents ok ({summary.pages} pages),"
+        f" {sum(summary.rejected.values())} rejected {dict(summary.rejected)};"
+        f" {summary.processed} processed, {summary.skipped_unchanged} unchanged"
+        f" in {summary.seconds:.1f} s  [run {run.id}]"
+    )
+    for doc_id, reason in sorted(summary.rejections.items()):
+        _say(f"  rejected {doc_id}: {reason}")
+
+
+@app.command()
+def samples(
+    out: Annotated[Path, typer.Argument(help="folder for pdfs/ and questions.jsonl")],
+    docs: Annotated[int, typer.Option(help="number of PDFs")] = 6,
+    seed: int = 0,
+) -> None:
+    """Sample PDFs with planted facts, and questions about them (known answers, source pages)."""
+    paths, facts = write_sample_pdfs(out / "pdfs", docs, seed)
+    with (out / "questions.jsonl").open("w", encoding="utf-8") as f:
+        for i, fact in enumerate(facts):
+            row = {"qid": f"q{i:04d}", "doc_id": fact.doc_id, "question": fact.question,
+                   "source_pages": [fact.page], "answer": fact.answer}
+            f.write(json.dumps(row) + "\n")
+    _say(f"{len(paths)} PDFs in {out / 'pdfs'}, {len(facts)} questions in "
+                  f"{out / 'questions.jsonl'}")
+
+
+def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> StageModels:
+    """One inner model per distinct spec (shared across stages), each stage behind its own cache
+    wrapper so usage is accounted per stage."""
+    inner: dict[str, ChatModel] = {}
+    stages = {}
+    for stage in ("evidence", "answer_vision", "answer_text"):
+        spec = getattr(recipe.models, stage)
+        key = spec.model_dump_json()
+        if key not in inner:
+            inner[key] = build_model(spec, pages=corpus)
+        stages[stage] = CachedModel(inner[key], cache)
+    return StageModels(**stages)
+
+
+async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
+                      log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
+    models = _stage_models(recipe, corpus, cache)
+    try:
+        result = await synthesize(recipe, corpus, models, log, show_progress=True)
+    finally:
+        for inner in {id(m.inner): m.inner for m in vars(models).values()}.values():
+            await inner.aclose()
+    return result, {stage: m.usage.as_dict() for stage, m in vars(models).items()}
+
+
+def run_synth(recipe: SynthRecipe, runs_dir: Path, registry: Path | None) -> Path:
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
+    with start_run("synth", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
+                   parents=_parent_of(recipe.corpus), inputs=[recipe.questions]) as run, \
+            Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
+        result, usage = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
+        write_tables(result, recipe.out)
+        card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
+        counts = result.counts()
+        run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
+        run.summary.update({"counts": counts, "usage": usage, "prompts": prompt_hashes()})
+        run.add_output(recipe.out / "examples.jsonl")
+        run.add_output(recipe.out / "evidence.parquet")
+        _mark_output(recipe.out, run.id, "synth")
+    _say(
+        f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
+        f"{counts['examples']} examples; dropped {counts['dropped']}; data card {card}"
+        f"  [run {run.id}]"
+    )
+    return recipe.out
+
+
+@app.command()
+def synth(
+    corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
+    questions: Annotated[Path | None, typer.Option(help="questions JSONL/Parquet/samples.json")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
+    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
+    print_recipe: Annotated[
+        bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
+    ] = False,
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """Corpus + questions -> page evidence -> <think> traces -> answers -> SFT examples."""
+    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
+    if print_recipe:
+        placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
+        resolved = _load(SynthRecipe, recipe, {**placeholders, **overrides})
+        out_console.print(commented_yaml(resolved) + "\n" + SYNTH_RECIPE_NOTE, markup=False,
+                          highlight=False, soft_wrap=True)
+        return
+    resolved = _load(SynthRecipe, recipe, overrides)
+    run_synth(resolved, runs_dir, registry)
+
+
+SYNTH_RECIPE_NOTE = """\
+# A stage can use any OpenAI-compatible server (vLLM, SGLang, OpenAI) instead of the teacher:
+# models:
+#   evidence:
+#     kind: openai
+#     model: Qwen/Qwen3-VL-32B-Instruct-FP8
+#     endpoints: [{base_url: "http://gpu-1:8000/v1"}, {base_url: "http://gpu-2:8000/v1"}]"""
+
+
+@app.command("export")
+def export_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="output folder of `docthink synth`")],
+    fmt: Annotated[ExportFormatOpt, typer.Option("--format", help="trainer format")],
+    out: Annotated[Path, typer.Option("--out", help="export folder")],
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """SFT examples -> TRL (Parquet, messages + images) or LLaMA-Factory (JSONL, <image>)."""
+    try:
+        examples = read_examples(run_dir)
+        synth_recipe = _load(SynthRecipe, run_dir / "recipe.yaml", {})
+    except FileNotFoundError as exc:
+        raise _fail(str(exc)) from None
+    recipe = ExportRecipe(run_dir=run_dir, format=fmt.value, out=out)
+    with start_run("export", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
+                   parents=_parent_of(run_dir), inputs=[run_dir / "examples.jsonl"]) as run:
+        images = Corpus.open(synth_recipe.corpus).layout.images
+        counts = write_export(examples, recipe.format,
+                              lambda key: sharded(images, key[0], key[1]), out)
+        run.metrics.update(counts)
+        run.add_output(out / ("train.parquet" if recipe.format == "trl" else "train.jsonl"))
+        _mark_output(out, run.id, "export")
+    _say(f"export {out}: {counts['examples']} examples, {counts['images']} images "
+                  f"({recipe.format})  [run {run.id}]")
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option("--out", help="folder for everything the demo makes")] = Path(
+        "demo"
+    ),
+    docs: Annotated[int, typer.Option(help="sample PDFs to generate")] = 6,
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """The main job on its embedded default, no server and no weights: sample PDFs -> corpus ->
+    traces with the offline teacher -> TRL and LLaMA-Factory exports."""
+    samples(out / "sample", docs=docs, seed=0)
+    ingest(out / "sample" / "pdfs", out=out / "corpus", runs_dir=runs_dir, registry=registry)
+    synth(corpus=out / "corpus", questions=out / "sample" / "questions.jsonl",
+          out=out / "synth", runs_dir=runs_dir, registry=registry)
+    for fmt in ExportFormatOpt:
+        export_cmd(out / "synth", fmt=fmt, out=out / f"export-{fmt.value}", runs_dir=runs_dir,
+                   registry=registry)
+
+
+def main() -> None:
+    app(prog_name="docthink")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

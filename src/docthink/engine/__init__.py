@@ -1,0 +1,1 @@
+"""Executors that run stages over datasets."""

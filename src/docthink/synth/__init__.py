@@ -1,0 +1,1 @@
+"""Synthetic reasoning data: questions -> page evidence -> traces -> answers -> SFT examples."""

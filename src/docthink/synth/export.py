@@ -1,0 +1,204 @@
+"""Stage 4: SFT examples, and the formats trainers read.
+
+An example's user turn is every context page (a `Page N:` line before each image when page
+indices are on) and then the question; the assistant turn is `<think>{trace}</think>\\n{answer}`.
+The `<cot>` control token switches the trace on: a system message that is exactly `<cot>`, a
+prefix or suffix of the question, or no token and no trace at all."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from docthink.synth.rows import Branch, Placement
+
+COT = "<cot>"
+ImageKey = tuple[str, str]  # (sha256, file suffix): the image's name in an export
+ImageLocator = Callable[[ImageKey], Path]  # where the image store keeps an image
+
+
+@dataclass(frozen=True, slots=True)
+class SFTExample:
+    id: str
+    kind: Literal["trace", "plain"]
+    placement: Placement  # "none" for plain rows and for no-token trace rows
+    branch: Branch | None
+    system: str | None
+    user: tuple[str | ImageKey, ...]  # texts and images, in order
+    assistant: str
+
+    @property
+    def images(self) -> list[ImageKey]:
+        return [p for p in self.user if isinstance(p, tuple)]
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "id": self.id,
+            "kind": self.kind,
+            "placement": self.placement,
+            "branch": self.branch,
+            "system": self.system,
+            "user": [p if isinstance(p, str) else {"image": p[0], "suffix": p[1]} for p in self.user],
+            "assistant": self.assistant,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, object]) -> SFTExample:
+        user = tuple(
+            p if isinstance(p, str) else (p["image"], p["suffix"])
+            for p in data["user"]  # type: ignore[union-attr]
+        )
+        return cls(
+            id=data["id"],  # type: ignore[arg-type]
+            kind=data["kind"],  # type: ignore[arg-type]
+            placement=data["placement"],  # type: ignore[arg-type]
+            branch=data["branch"],  # type: ignore[arg-type]
+            system=data["system"],  # type: ignore[arg-type]
+            user=user,
+            assistant=data["assistant"],  # type: ignore[arg-type]
+        )
+
+
+def user_turn(
+    images: Sequence[ImageKey], question: str, *, page_index: str | None
+) -> list[str | ImageKey]:
+    """Every context page (with its index line when `page_index` is a format such as
+    `Page {i}:`), then the question."""
+    parts: list[str | ImageKey] = []
+    for i, image in enumerate(images, start=1):
+        if page_index is not None:
+            parts.append(page_index.format(i=i))
+        parts.append(image)
+    parts.append(question)
+    return parts
+
+
+def trace_example(
+    qid: str,
+    images: Sequence[ImageKey],
+    question: str,
+    trace: str,
+    answer: str,
+    *,
+    branch: Branch,
+    placement: Placement,
+    page_index: str | None,
+) -> SFTExample:
+    question_text = {
+        "prefix": f"{COT} {question}",
+        "suffix": f"{question} {COT}",
+    }.get(placement, question)
+    assistant = answer if placement == "none" else f"<think>{trace}</think>\n{answer}"
+    return SFTExample(
+        id=qid,
+        kind="trace",
+        placement=placement,
+        branch=branch,
+        system=COT if placement == "system" else None,
+        user=tuple(user_turn(images, question_text, page_index=page_index)),
+        assistant=assistant,
+    )
+
+
+def plain_example(
+    qid: str, images: Sequence[ImageKey], question: str, answer: str, *, page_index: str | None
+) -> SFTExample:
+    """Long-document QA without a trace: no token, no thinking."""
+    return SFTExample(
+        id=qid,
+        kind="plain",
+        placement="none",
+        branch=None,
+        system=None,
+        user=tuple(user_turn(images, question, page_index=page_index)),
+        assistant=answer,
+    )
+
+
+def _image_name(image: ImageKey) -> str:
+    return f"images/{image[0]}{image[1]}"
+
+
+def _trl_row(example: SFTExample) -> dict[str, object]:
+    messages: list[dict[str, object]] = []
+    if example.system is not None:
+        messages.append({"role": "system", "content": [{"type": "text", "text": example.system}]})
+    content = [
+        {"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "text": None}
+        for p in example.user
+    ]
+    messages.append({"role": "user", "content": content})
+    messages.append(
+        {"role": "assistant", "content": [{"type": "text", "text": example.assistant}]}
+    )
+    return {
+        "id": example.id,
+        "messages": messages,
+        "images": [_image_name(i) for i in example.images],
+    }
+
+
+def _llamafactory_row(example: SFTExample) -> dict[str, object]:
+    user = "\n".join(p if isinstance(p, str) else "<image>" for p in example.user)
+    messages = [{"role": "user", "content": user}, {"role": "assistant", "content": example.assistant}]
+    if example.system is not None:
+        messages.insert(0, {"role": "system", "content": example.system})
+    return {"id": example.id, "messages": messages, "images": [_image_name(i) for i in example.images]}
+
+
+def _link_images(examples: Sequence[SFTExample], locate: ImageLocator, out: Path) -> int:
+    """Hard-link (or copy across file systems) every image the examples use into `out/images/`."""
+    (out / "images").mkdir(parents=True, exist_ok=True)
+    images = sorted({i for e in examples for i in e.images})
+    for image in images:
+        target = out / _image_name(image)
+        if target.exists():
+            continue
+        source = locate(image)
+        try:
+            os.link(source, target)
+        except OSError:
+            shutil.copyfile(source, target)
+    return len(images)
+
+
+ExportFormat = Literal["trl", "llamafactory"]
+
+
+def write_export(
+    examples: Sequence[SFTExample], fmt: ExportFormat, locate: ImageLocator, out: Path
+) -> dict[str, int]:
+    """Write `examples` for a trainer into `out`; images are referenced by relative path."""
+    out.mkdir(parents=True, exist_ok=True)
+    n_images = _link_images(examples, locate, out)
+    if fmt == "trl":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist([_trl_row(e) for e in examples])
+        pq.write_table(table, out / "train.parquet")
+    else:
+        with (out / "train.jsonl").open("w", encoding="utf-8") as f:
+            for example in examples:
+                f.write(json.dumps(_llamafactory_row(example), ensure_ascii=False) + "\n")
+        info = {
+            "docthink": {
+                "file_name": "train.jsonl",
+                "formatting": "sharegpt",
+                "columns": {"messages": "messages", "images": "images"},
+                "tags": {
+                    "role_tag": "role",
+                    "content_tag": "content",
+                    "user_tag": "user",
+                    "assistant_tag": "assistant",
+                    "system_tag": "system",
+                },
+            }
+        }
+        (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
+    return {"examples": len(examples), "images": n_images}

@@ -1,0 +1,322 @@
+"""`docthink synth`: questions over a corpus -> page evidence -> traces -> answers -> SFT examples.
+
+Each stage is a plain function over typed rows; this module wires them with the local executor,
+writes each stage's table into the output folder, and counts what was dropped and why."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import cast
+
+from docthink.corpus import Corpus
+from docthink.progress import progress
+from docthink.engine.local import run_requests
+from docthink.models.base import ChatModel, ChatResult, ImagePart, PageRef, RequestFailure
+from docthink.models.tasks import PageEvidence as EvidenceOutput
+from docthink.recipe import SynthRecipe
+from docthink.synth import requests as rq
+from docthink.synth.choice import uniform, weighted_choice
+from docthink.synth.export import ImageKey, SFTExample, plain_example, trace_example
+from docthink.synth.prompts import prompt
+from docthink.synth.questions import read_question_rows, resolve
+from docthink.synth.rows import Answer, Branch, Dropped, PageEvidence, Question, Trace
+from docthink.synth.trace import build_trace, floored_score
+
+
+@dataclass(frozen=True)
+class StageModels:
+    evidence: ChatModel
+    answer_vision: ChatModel
+    answer_text: ChatModel
+
+
+@dataclass
+class SynthResult:
+    questions: int = 0
+    evidence: list[PageEvidence] = field(default_factory=list)
+    traces: list[Trace] = field(default_factory=list)
+    answers: list[Answer] = field(default_factory=list)
+    examples: list[SFTExample] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+
+    def counts(self) -> dict[str, object]:
+        return {
+            "questions": self.questions,
+            "evidence_requests": len(self.evidence),
+            "evidence_failures": sum(e.failure is not None for e in self.evidence),
+            "traces": len(self.traces),
+            "answers": sum(a.failure is None for a in self.answers),
+            "examples": len(self.examples),
+            "dropped": dict(Counter(f"{d.stage}: {d.reason}" for d in self.dropped)),
+            "branches": dict(Counter(a.branch for a in self.answers if a.failure is None)),
+            "placements": dict(Counter(e.placement for e in self.examples if e.kind == "trace")),
+            "plain_examples": sum(e.kind == "plain" for e in self.examples),
+        }
+
+
+def _image_key(image: ImagePart) -> ImageKey:
+    return (image.sha256, image.path.suffix)
+
+
+def evidence_order(questions: Sequence[Question]) -> list[tuple[Question, PageRef]]:
+    """(question, page) pairs in issue order: grouped by page (so requests sharing an image go
+    out together), pages in corpus order, questions in input order within a page."""
+    by_page: dict[PageRef, list[Question]] = {}
+    for question in questions:
+        for ref in question.context:
+            by_page.setdefault(ref, []).append(question)
+    return [
+        (question, ref)
+        for ref in sorted(by_page, key=lambda r: (r.doc_id, r.page))
+        for question in by_page[ref]
+    ]
+
+
+async def collect_evidence(
+    questions: Sequence[Question],
+    images: dict[PageRef, ImagePart],
+    recipe: SynthRecipe,
+    model: ChatModel,
+    advance: Callable[[int], None],
+) -> list[PageEvidence]:
+    pairs = evidence_order(questions)
+    settings = recipe.evidence
+    requests = [
+        rq.evidence_request(
+            images[ref],
+            question.text,
+            is_source=ref in question.source,
+            temperature=settings.temperature,
+            max_tokens=settings.max_tokens,
+        )
+        for question, ref in pairs
+    ]
+    outcomes = await run_requests(model, requests, concurrency=recipe.concurrency, on_done=advance)
+    prompt_hash = prompt("evidence_system").sha256[:16]
+    rows = []
+    for (question, ref), outcome in zip(pairs, outcomes, strict=True):
+        is_source = ref in question.source
+        if isinstance(outcome, RequestFailure):
+            rows.append(
+                PageEvidence(
+                    question.qid, question.position(ref), ref, is_source, "", 0.0, False,
+                    model.name, prompt_hash, failure=outcome.reason,
+                )
+            )
+            continue
+        parsed = cast(EvidenceOutput, outcome.parsed)  # validated against this schema
+        score = floored_score(parsed.relevance_score, is_source, settings.source_floor)
+        rows.append(
+            PageEvidence(
+                question.qid, question.position(ref), ref, is_source, parsed.evidence, score,
+                score > 0, model.name, prompt_hash,
+            )
+        )
+    rows.sort(key=lambda e: (e.qid, e.position))
+    return rows
+
+
+def failure_drop(
+    qid: str, evidence: Sequence[PageEvidence], rule: str
+) -> Dropped | None:
+    failed = [e for e in evidence if e.failure is not None]
+    if not failed or rule == "skip_page":
+        return None
+    if rule == "drop_question":
+        return Dropped(qid, "evidence", f"{len(failed)} page request(s) failed")
+    if any(e.is_source for e in failed):
+        return Dropped(qid, "evidence", "a source page's request failed")
+    return None
+
+
+def choose_branch(seed: int, qid: str, vision_ratio: float) -> Branch:
+    return weighted_choice(seed, qid, "branch", {"vision": vision_ratio, "text": 1 - vision_ratio})
+
+
+async def answer_questions(
+    items: Sequence[tuple[Question, Trace]],
+    images: dict[PageRef, ImagePart],
+    recipe: SynthRecipe,
+    models: StageModels,
+    advance: Callable[[int], None],
+) -> list[Answer]:
+    settings = recipe.answer
+    by_branch: dict[Branch, list[tuple[Question, Trace]]] = {"vision": [], "text": []}
+    for question, trace in items:
+        by_branch[choose_branch(recipe.seed, question.qid, settings.vision_ratio)].append(
+            (question, trace)
+        )
+    answers: list[Answer] = []
+    for branch, model in (("vision", models.answer_vision), ("text", models.answer_text)):
+        batch = by_branch[branch]
+        if branch == "vision":
+            requests = [
+                rq.vision_answer_request(
+                    [images[q.context[p - 1]] for p in t.positions], q.text,
+                    temperature=settings.temperature, max_tokens=settings.max_tokens,
+                )
+                for q, t in batch
+            ]
+        else:
+            requests = [
+                rq.text_answer_request(
+                    t.text, q.text, temperature=settings.temperature,
+                    max_tokens=settings.max_tokens,
+                )
+                for q, t in batch
+            ]
+        outcomes = await run_requests(
+            model, requests, concurrency=recipe.concurrency, on_done=advance
+        )
+        answers.extend(
+            _answer(q.qid, branch, model.name, outcome)
+            for (q, _), outcome in zip(batch, outcomes, strict=True)
+        )
+    answers.sort(key=lambda a: a.qid)
+    return answers
+
+
+def _answer(qid: str, branch: Branch, model: str, outcome: ChatResult | RequestFailure) -> Answer:
+    if isinstance(outcome, RequestFailure):
+        return Answer(qid, branch, "", model, 0, 0, failure=outcome.reason)
+    text = outcome.text.strip()
+    return Answer(
+        qid, branch, text, model, outcome.usage.prompt_tokens, outcome.usage.completion_tokens,
+        failure=None if text else "empty answer",
+    )
+
+
+def plain_examples(
+    recipe: SynthRecipe, corpus: Corpus, n_trace: int, log: logging.Logger
+) -> list[SFTExample]:
+    """Plain QA rows, sampled by seed, `plain_qa_ratio` per trace example."""
+    settings = recipe.export
+    if settings.plain_qa is None or settings.plain_qa_ratio == 0:
+        return []
+    rows = read_question_rows(settings.plain_qa)
+    n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
+    questions, dropped = resolve(rows, n_pages, settings.plain_qa)
+    for d in dropped:
+        log.warning("plain QA row %s dropped: %s", d.qid, d.reason)
+    unanswered = [q.qid for q in questions if q.answer is None]
+    if unanswered:
+        raise ValueError(f"{settings.plain_qa}: plain QA rows need an answer (qid {unanswered[0]})")
+    wanted = min(len(questions), round(settings.plain_qa_ratio * n_trace))
+    chosen = sorted(questions, key=lambda q: uniform(recipe.seed, q.qid, "plain-qa"))[:wanted]
+    refs = sorted({ref for q in chosen for ref in q.context}, key=lambda r: (r.doc_id, r.page))
+    images = dict(zip(refs, corpus.ensure_images(refs, recipe.image, recipe.workers), strict=True))
+    return [
+        plain_example(
+            f"plain:{q.qid}", [_image_key(images[r]) for r in q.context], q.text, q.answer or "",
+            page_index=settings.page_index,
+        )
+        for q in sorted(chosen, key=lambda q: q.qid)
+    ]
+
+
+async def synthesize(
+    recipe: SynthRecipe,
+    corpus: Corpus,
+    models: StageModels,
+    log: logging.Logger,
+    show_progress: bool,
+) -> SynthResult:
+    result = SynthResult()
+    rows = read_question_rows(recipe.questions)
+    n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
+    questions, dropped = resolve(rows, n_pages, recipe.questions)
+    result.questions = len(rows)
+    result.dropped.extend(dropped)
+    log.info("%d questions, %d dropped at input", len(questions), len(dropped))
+
+    refs = sorted({r for q in questions for r in q.context}, key=lambda r: (r.doc_id, r.page))
+    log.info("rendering %d context pages at %s", len(refs), recipe.image.key)
+    rendered = corpus.ensure_images(refs, recipe.image, recipe.workers, show_progress)
+    images = dict(zip(refs, rendered, strict=True))
+
+    total = sum(len(q.context) for q in questions)
+    with progress("evidence", total, show_progress) as bar:
+        result.evidence = await collect_evidence(
+            questions, images, recipe, models.evidence, bar.advance
+        )
+    by_qid: dict[str, list[PageEvidence]] = {}
+    for row in result.evidence:
+        by_qid.setdefault(row.qid, []).append(row)
+
+    traced: list[tuple[Question, Trace]] = []
+    for question in questions:
+        evidence = by_qid[question.qid]
+        drop = failure_drop(question.qid, evidence, recipe.evidence.on_failure)
+        outcome = drop or build_trace(
+            question.qid, evidence, threshold=recipe.trace.threshold, top_k=recipe.trace.top_k
+        )
+        if isinstance(outcome, Dropped):
+            result.dropped.append(outcome)
+        else:
+            result.traces.append(outcome)
+            traced.append((question, outcome))
+
+    with progress("answer", len(traced), show_progress) as bar:
+        result.answers = await answer_questions(traced, images, recipe, models, bar.advance)
+    answers = {a.qid: a for a in result.answers}
+    for question, trace in traced:
+        answer = answers[question.qid]
+        if answer.failure is not None:
+            result.dropped.append(Dropped(question.qid, "answer", answer.failure))
+            continue
+        placement = weighted_choice(recipe.seed, question.qid, "cot", recipe.export.placement)
+        result.examples.append(
+            trace_example(
+                question.qid,
+                [_image_key(images[r]) for r in question.context],
+                question.text,
+                trace.text,
+                answer.text,
+                branch=answer.branch,
+                placement=placement,
+                page_index=recipe.export.page_index,
+            )
+        )
+    result.examples.extend(plain_examples(recipe, corpus, len(result.examples), log))
+    return result
+
+
+def write_tables(result: SynthResult, out: Path) -> None:
+    """Each stage's rows as Parquet, examples as JSONL (the input of `docthink export`)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    def table(rows: Sequence[object]) -> pa.Table:
+        return pa.Table.from_pylist([_flat(asdict(r)) for r in rows])  # type: ignore[call-overload]
+
+    out.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table(result.evidence), out / "evidence.parquet")
+    pq.write_table(table(result.traces), out / "traces.parquet")
+    pq.write_table(table(result.answers), out / "answers.parquet")
+    with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
+        for d in result.dropped:
+            f.write(json.dumps(asdict(d)) + "\n")
+    with (out / "examples.jsonl").open("w", encoding="utf-8") as f:
+        for e in result.examples:
+            f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+
+
+def _flat(row: dict[str, object]) -> dict[str, object]:
+    """Page refs as `doc_id` / `page` columns."""
+    page = row.pop("page", None)
+    if isinstance(page, dict):
+        row["doc_id"], row["page"] = page["doc_id"], page["page"]
+    return row
+
+
+def read_examples(out: Path) -> list[SFTExample]:
+    path = out / "examples.jsonl"
+    if not path.exists():
+        raise FileNotFoundError(f"{out}: no examples.jsonl (run `docthink synth --out {out}` first)")
+    with path.open(encoding="utf-8") as f:
+        return [SFTExample.from_json(json.loads(line)) for line in f]

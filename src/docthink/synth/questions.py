@@ -1,0 +1,141 @@
+"""Questions in: JSONL or Parquet rows `{qid, doc_id, question, source_pages, context_pages?}`,
+or MMLongBench-Doc's `samples.json` through a small adapter. Validated here, once; a bad row is an
+error naming the file, the row and the field."""
+
+from __future__ import annotations
+
+import ast
+import json
+from collections.abc import Iterator, Mapping
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from docthink.models.base import PageRef
+from docthink.synth.rows import Dropped, Question
+
+
+class QuestionsError(ValueError):
+    """A questions file that cannot be read; the message names the file, row and field."""
+
+
+PageSpec = int | tuple[str, int]
+
+
+class QuestionRow(BaseModel):
+    """One input row. Pages are 1-based; an int is a page of `doc_id`, a pair `[doc_id, page]`
+    names a page of any document (hard-negative contexts span documents)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    qid: str
+    doc_id: str = Field(min_length=1)
+    question: str = Field(min_length=1)
+    source_pages: list[PageSpec]
+    context_pages: list[PageSpec] | None = None
+    answer: str | None = None
+
+    @field_validator("qid", mode="before")
+    @classmethod
+    def _qid_as_text(cls, value: object) -> object:
+        return str(value) if isinstance(value, int) else value
+
+
+def _refs(doc_id: str, pages: list[PageSpec]) -> tuple[PageRef, ...]:
+    return tuple(PageRef(doc_id, p) if isinstance(p, int) else PageRef(p[0], p[1]) for p in pages)
+
+
+def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    """(1-based row number, raw mapping) for each row of a JSONL or Parquet file."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
+            yield number, row
+        return
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise QuestionsError(f"{path}: row {number}: not JSON: {exc.msg}") from None
+            if not isinstance(row, dict):
+                raise QuestionsError(f"{path}: row {number}: expected an object")
+            yield number, row
+
+
+def read_question_rows(path: Path) -> list[QuestionRow]:
+    if path.name == "samples.json":
+        return mmlongbench_rows(path)
+    rows: list[QuestionRow] = []
+    seen: dict[str, int] = {}
+    for number, raw in _raw_rows(path):
+        try:
+            row = QuestionRow.model_validate(raw)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"])
+            raise QuestionsError(f"{path}: row {number}: field {field}: {err['msg']}") from None
+        if row.qid in seen:
+            raise QuestionsError(
+                f"{path}: row {number}: qid {row.qid!r} repeats row {seen[row.qid]}"
+            )
+        seen[row.qid] = number
+        rows.append(row)
+    return rows
+
+
+def mmlongbench_rows(path: Path) -> list[QuestionRow]:
+    """MMLongBench-Doc `samples.json`: qid = the row's index (`(doc_id, question)` is not unique),
+    evidence pages become source pages, the reference answer is kept."""
+    samples = json.loads(path.read_text(encoding="utf-8"))
+    rows = []
+    for index, sample in enumerate(samples):
+        try:
+            pages = ast.literal_eval(sample["evidence_pages"])
+        except (ValueError, SyntaxError, KeyError) as exc:
+            raise QuestionsError(f"{path}: row {index}: field evidence_pages: {exc}") from None
+        rows.append(
+            QuestionRow(
+                qid=str(index),
+                doc_id=sample["doc_id"],
+                question=sample["question"],
+                source_pages=pages,
+                answer=sample["answer"],
+            )
+        )
+    return rows
+
+
+def resolve(
+    rows: list[QuestionRow], n_pages: Mapping[str, int], source: Path
+) -> tuple[list[Question], list[Dropped]]:
+    """Questions over the corpus's pages. A row whose document is not in the corpus is dropped and
+    counted; a page outside its document is an error naming the row."""
+    questions: list[Question] = []
+    dropped: list[Dropped] = []
+    for row in rows:
+        src = _refs(row.doc_id, row.source_pages)
+        context = (
+            _refs(row.doc_id, row.context_pages)
+            if row.context_pages is not None
+            else tuple(PageRef(row.doc_id, p) for p in range(1, n_pages.get(row.doc_id, 0) + 1))
+        )
+        missing = sorted({r.doc_id for r in (*src, *context, PageRef(row.doc_id, 1))} - n_pages.keys())
+        if missing:
+            dropped.append(Dropped(row.qid, "input", f"document not in corpus: {missing[0]}"))
+            continue
+        for ref in (*src, *context):
+            if not 1 <= ref.page <= n_pages[ref.doc_id]:
+                raise QuestionsError(
+                    f"{source}: qid {row.qid}: page {ref.page} is outside {ref.doc_id}"
+                    f" ({n_pages[ref.doc_id]} pages)"
+                )
+        if len(set(context)) != len(context):
+            raise QuestionsError(f"{source}: qid {row.qid}: context_pages repeats a page")
+        if not set(src) <= set(context):
+            raise QuestionsError(f"{source}: qid {row.qid}: a source page is not in context_pages")
+        questions.append(Question(row.qid, row.doc_id, row.question, src, context, row.answer))
+    return questions, dropped

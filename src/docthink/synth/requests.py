@@ -1,0 +1,57 @@
+"""The exact requests the stages send. Evidence requests keep a shared prefix (identical system
+prompt, then the page image) so a prefix-caching server reuses the image across questions; what
+differs (the source-page note, the question) comes last, the question always the last text."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from docthink.models.base import ChatRequest, ImagePart, Message, TextPart
+from docthink.models.tasks import PageEvidence as EvidenceOutput
+from docthink.synth.prompts import prompt
+
+
+def evidence_request(
+    image: ImagePart, question: str, *, is_source: bool, temperature: float, max_tokens: int
+) -> ChatRequest:
+    parts: list[TextPart | ImagePart] = [image]
+    if is_source:
+        parts.append(TextPart(prompt("evidence_source_note").text))
+    parts.append(TextPart(question))
+    return ChatRequest(
+        messages=(
+            Message.text("system", prompt("evidence_system").text),
+            Message("user", tuple(parts)),
+        ),
+        response_model=EvidenceOutput,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        purpose="evidence",
+    )
+
+
+def vision_answer_request(
+    images: Sequence[ImagePart], question: str, *, temperature: float, max_tokens: int
+) -> ChatRequest:
+    """The top-K page images in relevance order and the bare question, nothing else."""
+    return ChatRequest(
+        messages=(Message("user", (*images, TextPart(question))),),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        purpose="answer-vision",
+    )
+
+
+def text_answer_request(
+    trace: str, question: str, *, temperature: float, max_tokens: int
+) -> ChatRequest:
+    """The sorted evidence and the question, under a system prompt saying how it was gathered."""
+    return ChatRequest(
+        messages=(
+            Message.text("system", prompt("answer_text_system").text),
+            Message("user", (TextPart(trace), TextPart(question))),
+        ),
+        temperature=temperature,
+        max_tokens=max_tokens,
+        purpose="answer-text",
+    )

@@ -1,0 +1,64 @@
+"""Typed rows that flow between the synthetic-data stages."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from docthink.models.base import PageRef
+
+Branch = Literal["vision", "text"]
+Placement = Literal["system", "prefix", "suffix", "none"]
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    qid: str
+    doc_id: str
+    text: str
+    source: tuple[PageRef, ...]  # the pages the question was written from
+    context: tuple[PageRef, ...]  # the long page list the student sees; contains `source`
+    answer: str | None = None  # a reference answer, when the input has one (kept, never trained on)
+
+    def position(self, page: PageRef) -> int:
+        """1-based position of `page` in the context: the `i` of `Page {i}:`."""
+        return self.context.index(page) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class PageEvidence:
+    qid: str
+    position: int  # 1-based position in the question's context
+    page: PageRef
+    is_source: bool
+    evidence: str
+    relevance_score: float  # after the source-page floor
+    relevant: bool  # relevance_score > 0
+    model: str
+    prompt_hash: str
+    failure: str | None = None  # the reason, when the request failed after its retries
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    qid: str
+    positions: tuple[int, ...]  # context positions in trace order (most relevant first)
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Answer:
+    qid: str
+    branch: Branch
+    text: str
+    model: str
+    prompt_tokens: int
+    completion_tokens: int
+    failure: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    qid: str
+    stage: str
+    reason: str
