@@ -112,8 +112,9 @@ def mmlongbench_rows(path: Path) -> list[QuestionRow]:
 def resolve(
     rows: list[QuestionRow], n_pages: Mapping[str, int], source: Path
 ) -> tuple[list[Question], list[Dropped]]:
-    """Questions over the corpus's pages. A row whose document is not in the corpus is dropped and
-    counted; a page outside its document is an error naming the row."""
+    """Questions over the corpus's pages. A row whose document is not in the corpus, or that
+    names a page outside its document (MMLongBench-Doc has two rows with evidence page 0), is
+    dropped with its reason and counted."""
     questions: list[Question] = []
     dropped: list[Dropped] = []
     for row in rows:
@@ -127,12 +128,12 @@ def resolve(
         if missing:
             dropped.append(Dropped(row.qid, "input", f"document not in corpus: {missing[0]}"))
             continue
-        for ref in (*src, *context):
-            if not 1 <= ref.page <= n_pages[ref.doc_id]:
-                raise QuestionsError(
-                    f"{source}: qid {row.qid}: page {ref.page} is outside {ref.doc_id}"
-                    f" ({n_pages[ref.doc_id]} pages)"
-                )
+        outside = [r for r in (*src, *context) if not 1 <= r.page <= n_pages[r.doc_id]]
+        if outside:
+            ref = outside[0]
+            reason = f"page {ref.page} outside {ref.doc_id} ({n_pages[ref.doc_id]} pages)"
+            dropped.append(Dropped(row.qid, "input", reason))
+            continue
         if len(set(context)) != len(context):
             raise QuestionsError(f"{source}: qid {row.qid}: context_pages repeats a page")
         if not set(src) <= set(context):

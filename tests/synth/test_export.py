@@ -1,0 +1,97 @@
+"""Stage 4: the SFT example's shape, the <cot> placements, and both trainer formats."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from docthink.synth.choice import weighted_choice
+from docthink.synth.export import plain_example, trace_example, write_export
+
+IMAGES = [("a" * 64, ".png"), ("b" * 64, ".png"), ("c" * 64, ".png")]
+
+
+def make(placement: str, page_index: str | None = "Page {i}:"):
+    return trace_example(
+        "q1", IMAGES, "How many?", "Page 2:\nfour apples", "4",
+        branch="text", placement=placement, page_index=page_index,  # type: ignore[arg-type]
+    )
+
+
+def test_user_turn_has_every_page_with_its_index_then_the_question() -> None:
+    example = make("system")
+    assert example.user == (
+        "Page 1:", IMAGES[0], "Page 2:", IMAGES[1], "Page 3:", IMAGES[2], "How many?"
+    )
+    assert make("system", page_index=None).user == (*IMAGES, "How many?")
+
+
+@pytest.mark.parametrize(
+    ("placement", "system", "question", "assistant"),
+    [
+        ("system", "<cot>", "How many?", "<think>Page 2:\nfour apples</think>\n4"),
+        ("prefix", None, "<cot> How many?", "<think>Page 2:\nfour apples</think>\n4"),
+        ("suffix", None, "How many? <cot>", "<think>Page 2:\nfour apples</think>\n4"),
+        ("none", None, "How many?", "4"),
+    ],
+)
+def test_control_token_placements(placement, system, question, assistant) -> None:
+    example = make(placement)
+    assert example.system == system
+    assert example.user[-1] == question
+    assert example.assistant == assistant
+
+
+def test_plain_rows_carry_no_token_and_no_trace() -> None:
+    example = plain_example("p1", IMAGES, "How many?", "4", page_index="Page {i}:")
+    assert example.system is None and example.assistant == "4"
+    assert "<cot>" not in example.user[-1]
+
+
+def test_placement_mix_follows_the_weights() -> None:
+    weights = {"system": 0.45, "prefix": 0.25, "suffix": 0.25, "none": 0.05}
+    counts = Counter(weighted_choice(7, f"q{i}", "cot", weights) for i in range(20_000))
+    for key, weight in weights.items():
+        assert abs(counts[key] / 20_000 - weight) < 0.015, (key, counts)
+    assert weighted_choice(7, "q1", "cot", weights) == weighted_choice(7, "q1", "cot", weights)
+
+
+def _store(tmp_path: Path) -> Path:
+    store = tmp_path / "store"
+    store.mkdir()
+    for sha, suffix in IMAGES:
+        (store / f"{sha}{suffix}").write_bytes(sha.encode())
+    return store
+
+
+def test_trl_export_reads_back_as_messages_and_images(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    examples = [make(p) for p in ("system", "prefix", "none")]
+    counts = write_export(examples, "trl", lambda k: store / f"{k[0]}{k[1]}", tmp_path / "trl")
+    assert counts == {"examples": 3, "images": 3}
+    rows = pq.read_table(tmp_path / "trl" / "train.parquet").to_pylist()
+    first = rows[0]
+    assert [m["role"] for m in first["messages"]] == ["system", "user", "assistant"]
+    assert first["messages"][0]["content"] == [{"type": "text", "text": "<cot>"}]
+    user = first["messages"][1]["content"]
+    assert [c["type"] for c in user].count("image") == len(first["images"]) == 3
+    assert user[0] == {"type": "text", "text": "Page 1:"} and user[1]["type"] == "image"
+    for image in first["images"]:
+        assert (tmp_path / "trl" / image).read_bytes() == Path(image).stem.encode()
+    assert [m["role"] for m in rows[1]["messages"]] == ["user", "assistant"]
+
+
+def test_llamafactory_export_has_one_placeholder_per_image(tmp_path: Path) -> None:
+    store = _store(tmp_path)
+    write_export([make("suffix")], "llamafactory", lambda k: store / f"{k[0]}{k[1]}",
+                 tmp_path / "lf")
+    (row,) = [json.loads(line) for line in (tmp_path / "lf" / "train.jsonl").open()]
+    user = row["messages"][0]["content"]
+    assert user.count("<image>") == len(row["images"]) == 3
+    assert user.startswith("Page 1:\n<image>\nPage 2:") and user.endswith("How many? <cot>")
+    info = json.loads((tmp_path / "lf" / "dataset_info.json").read_text())
+    assert info["docthink"]["formatting"] == "sharegpt"
