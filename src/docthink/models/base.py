@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -57,6 +58,11 @@ class Message:
         return cls(role, (TextPart(text),))
 
 
+@cache
+def _schema(model: type[BaseModel]) -> dict[str, object]:
+    return model.model_json_schema()
+
+
 @dataclass(frozen=True, slots=True)
 class ChatRequest:
     messages: tuple[Message, ...]
@@ -82,7 +88,7 @@ class ChatRequest:
             }
             for m in self.messages
         ]
-        schema = self.response_model.model_json_schema() if self.response_model else None
+        schema = _schema(self.response_model) if self.response_model else None
         return orjson.dumps(
             {
                 "model": model,
