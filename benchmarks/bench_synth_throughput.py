@@ -1,0 +1,353 @@
+"""End-to-end throughput of `docthink synth` against a zero-latency OpenAI-compatible server.
+
+Claim: on 2 cores the pipeline issues at least 500 evidence requests/s (each with a page image,
+~127 KB PNG), so the pipeline, not a vLLM fleet behind it, is never the limit. The run is the
+CLI's own `run_synth` in-process (stage models are `OpenAICompatModel`s behind a `CachedModel` on
+a new request cache, as `docthink synth` builds them) over a generated corpus (`docthink samples`,
+then ingest) with whole-document questions. The server runs in separate processes (SO_REUSEPORT),
+reads each body and answers at once: evidence requests (the ones asking for structured output)
+with valid JSON, answer requests with text; its CPU is reported to show it was not the limit.
+
+Each repetition makes two runs: "cold" starts from an empty image store (rendering included, and
+reported on its own), "warm" has every image stored but a new request cache. Reported: evidence
+requests/s over the evidence stage (requests built, sent, parsed, cached, rows made) and over the
+whole run (rendering, answers, tables, data card and run record included), medians of --runs.
+
+    python benchmarks/bench_synth_throughput.py [--docs 20] [--min-requests 5000] [--runs 3]
+        [--profile warm.prof]   # an extra profiled warm run, top functions printed
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import json
+import math
+import os
+import platform
+import pstats
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import orjson
+import psutil
+
+from docthink.cli import run_synth
+from docthink.corpus import Corpus, ingest
+from docthink.corpus.samples import write_sample_pdfs
+from docthink.recipe import SynthRecipe
+from docthink.synth import pipeline
+
+GOAL = 500.0  # evidence requests/s on 2 cores
+
+EVIDENCE_TEXT = (
+    "The page reports revenue of 4,812 million euros for the year, up from 4,390 million, in a "
+    "table titled 'Key figures' with columns for the last three years; a bar chart below shows "
+    "the share of each region, the largest being the Nordics at 38 percent. "
+)
+
+
+def _completion(content: str) -> bytes:
+    return orjson.dumps(
+        {
+            "id": "chatcmpl-bench",
+            "object": "chat.completion",
+            "created": 0,
+            "model": "bench",
+            "choices": [
+                {"index": 0, "message": {"role": "assistant", "content": content},
+                 "finish_reason": "stop"}
+            ],
+            "usage": {"prompt_tokens": 900, "completion_tokens": 90, "total_tokens": 990},
+        }
+    )
+
+
+# Scores 0..10 (picked by body length: deterministic, and a mix of relevant and irrelevant pages).
+EVIDENCE = [
+    _completion(json.dumps({"evidence": EVIDENCE_TEXT, "relevance_score": float(s)}))
+    for s in range(11)
+]
+ANSWER = _completion("4,812 million euros.")
+
+
+def serve(port: int) -> None:
+    """One server process; several share the port (SO_REUSEPORT)."""
+    from aiohttp import web
+
+    async def chat(request: web.Request) -> web.Response:
+        body = await request.read()
+        reply = EVIDENCE[len(body) % 11] if b'"response_format"' in body else ANSWER
+        return web.Response(body=reply, content_type="application/json")
+
+    app = web.Application(client_max_size=256 * 1024 * 1024)
+    app.router.add_post("/v1/chat/completions", chat)
+    web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
+                backlog=1024)  # fmt: skip
+
+
+def start_servers(port: int, n: int) -> list[subprocess.Popen[bytes]]:
+    servers = [subprocess.Popen([sys.executable, __file__, "--serve", str(port)]) for _ in range(n)]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            time.sleep(0.5)  # let the other processes bind too
+            return servers
+        except OSError:
+            time.sleep(0.1)
+    raise RuntimeError("benchmark server did not start")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def make_corpus(work: Path, docs: int, min_requests: int) -> tuple[Path, Path, int]:
+    """Sample PDFs -> corpus; questions (planted facts, asked in several wordings) over whole
+    documents, enough for `min_requests` evidence requests. Returns (corpus, questions, pages)."""
+    _, facts = write_sample_pdfs(work / "pdfs", docs, seed=0)
+    ingest(work / "pdfs", work / "corpus", workers=2, progress=False)
+    with Corpus.open(work / "corpus") as corpus:
+        n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
+    per_round = sum(n_pages[f.doc_id] for f in facts)
+    wordings = math.ceil(min_requests / per_round)
+    with (work / "questions.jsonl").open("w", encoding="utf-8") as f:
+        for i, fact in enumerate(facts):
+            for k in range(wordings):
+                question = fact.question if k == 0 else f"{fact.question} (wording {k})"
+                f.write(json.dumps({"qid": f"q{i:04d}-{k}", "doc_id": fact.doc_id,
+                                    "question": question, "source_pages": [fact.page]}) + "\n")
+    return work / "corpus", work / "questions.jsonl", sum(n_pages.values())
+
+
+@dataclass
+class Timings:
+    """Wall-clock spans recorded from inside the run."""
+
+    servers: list[psutil.Process]
+    spans: dict[str, float] = field(default_factory=dict)
+    cpu: dict[str, float] = field(default_factory=dict)  # this process's CPU seconds
+    server_cpu: dict[str, float] = field(default_factory=dict)
+    rendered: int = 0  # pages rendered (not found in the image store)
+
+    @contextlib.contextmanager
+    def span(self, name: str) -> Iterator[None]:
+        started, cpu, server = time.perf_counter(), time.process_time(), self.server_time()
+        try:
+            yield
+        finally:
+            self.spans[name] = self.spans.get(name, 0.0) + time.perf_counter() - started
+            self.cpu[name] = self.cpu.get(name, 0.0) + time.process_time() - cpu
+            self.server_cpu[name] = self.server_cpu.get(name, 0.0) + self.server_time() - server
+
+    def server_time(self) -> float:
+        return sum(sum(p.cpu_times()[:2]) for p in self.servers)
+
+
+@contextlib.contextmanager
+def instrumented(timings: Timings) -> Iterator[None]:
+    """Times the stages without touching the code: the pipeline's progress context (one per
+    stage) and the corpus's `ensure_images` (rendering)."""
+    real_progress, real_ensure = pipeline.progress, Corpus.ensure_images
+
+    @contextlib.contextmanager
+    def progress(label: str, total: int, enabled: bool) -> Iterator[object]:
+        with timings.span(label), real_progress(label, total, enabled) as bar:
+            yield bar
+
+    def ensure_images(self: Corpus, *args: object, **kwargs: object) -> object:
+        before = self.rendered
+        with timings.span("render"):
+            images = real_ensure(self, *args, **kwargs)  # type: ignore[arg-type]
+        timings.rendered += self.rendered - before
+        return images
+
+    pipeline.progress = progress  # type: ignore[assignment]
+    Corpus.ensure_images = ensure_images  # type: ignore[assignment,method-assign]
+    try:
+        yield
+    finally:
+        pipeline.progress = real_progress
+        Corpus.ensure_images = real_ensure  # type: ignore[method-assign]
+
+
+@dataclass
+class RunResult:
+    whole_s: float
+    render_s: float
+    evidence_s: float
+    answer_s: float
+    evidence_requests: int
+    answer_requests: int
+    rendered: int
+    evidence_cpu_s: float  # this process, during the evidence stage
+    evidence_server_cpu_s: float  # the server processes, during the evidence stage
+    whole_cpu_s: float  # this process over the run (render workers not included)
+
+    @property
+    def evidence_rps(self) -> float:
+        return self.evidence_requests / self.evidence_s
+
+    @property
+    def whole_rps(self) -> float:
+        return self.evidence_requests / self.whole_s
+
+    @property
+    def evidence_cpu_ms(self) -> float:
+        return 1000 * self.evidence_cpu_s / self.evidence_requests
+
+    @property
+    def evidence_server_cpu_ms(self) -> float:
+        return 1000 * self.evidence_server_cpu_s / self.evidence_requests
+
+    @property
+    def cpu_busy(self) -> float:
+        """Share of the evidence stage this process was on a CPU (below 1: it waited)."""
+        return self.evidence_cpu_s / self.evidence_s
+
+
+def one_run(recipe: SynthRecipe, work: Path, servers: list[psutil.Process],
+            profiler: cProfile.Profile | None) -> RunResult:
+    timings = Timings(servers)
+    with timings.span("whole"), instrumented(timings), contextlib.redirect_stdout(sys.stderr):
+        if profiler is not None:
+            profiler.enable()
+        run_synth(recipe, work / "runs", work / "registry.sqlite")
+        if profiler is not None:
+            profiler.disable()
+    summary = json.loads(
+        max((work / "runs").glob("*-synth-*"), key=lambda p: p.stat().st_mtime)
+        .joinpath("summary.json").read_text()
+    )
+    counts, usage = summary["counts"], summary["usage"]
+    assert counts["evidence_failures"] == 0 and counts["examples"] > 0, counts
+    assert all(u["cache_hits"] == 0 for u in usage.values()), "the request cache was not fresh"
+    return RunResult(
+        whole_s=timings.spans["whole"],
+        render_s=timings.spans["render"],
+        evidence_s=timings.spans["evidence"],
+        answer_s=timings.spans["answer"],
+        evidence_requests=counts["evidence_requests"],
+        answer_requests=usage["answer_vision"]["requests"] + usage["answer_text"]["requests"],
+        rendered=timings.rendered,
+        evidence_cpu_s=timings.cpu["evidence"],
+        evidence_server_cpu_s=timings.server_cpu["evidence"],
+        whole_cpu_s=timings.cpu["whole"],
+    )
+
+
+def clear_images(corpus: Path) -> None:
+    shutil.rmtree(corpus / "images", ignore_errors=True)
+    for suffix in ("", "-wal", "-shm"):
+        (corpus / f"renders.sqlite{suffix}").unlink(missing_ok=True)
+
+
+def recipe_for(url: str, corpus: Path, questions: Path, out: Path,
+               concurrency: int) -> SynthRecipe:
+    model = {"kind": "openai", "model": "bench-vl",
+             "endpoints": [{"base_url": url, "api_key_env": None, "max_concurrency": concurrency}],
+             "max_retries": 0}
+    return SynthRecipe.model_validate({
+        "corpus": corpus, "questions": questions, "out": out, "concurrency": concurrency,
+        "models": {"evidence": model, "answer_vision": model,
+                   "answer_text": {**model, "model": "bench-llm"}},
+    })
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--docs", type=int, default=20)
+    parser.add_argument("--min-requests", type=int, default=5000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--servers", type=int, default=2)
+    parser.add_argument("--profile", type=Path, help="cProfile one extra warm run into this file")
+    parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve)
+        return
+    work = Path(tempfile.mkdtemp(prefix="bench_synth_"))
+    os.environ["DOCTHINK_REGISTRY"] = str(work / "registry.sqlite")
+    servers: list[subprocess.Popen[bytes]] = []
+    try:
+        corpus, questions, pages = make_corpus(work, args.docs, args.min_requests)
+        load_before = os.getloadavg()[0]
+        port = free_port()
+        servers = start_servers(port, args.servers)
+        procs = [psutil.Process(s.pid) for s in servers]
+        url = f"http://127.0.0.1:{port}/v1"
+        results: dict[str, list[RunResult]] = {"cold": [], "warm": []}
+        for rep in range(args.runs):
+            for kind in ("cold", "warm"):
+                if kind == "cold":
+                    clear_images(corpus)
+                recipe = recipe_for(url, corpus, questions, work / f"out-{rep}-{kind}",
+                                    args.concurrency)
+                results[kind].append(one_run(recipe, work, procs, None))
+        report(args, pages, results, (load_before, os.getloadavg()[0]))
+        if args.profile:  # one more warm run, not in the figures above
+            profiler = cProfile.Profile()
+            recipe = recipe_for(url, corpus, questions, work / "out-profile", args.concurrency)
+            one_run(recipe, work, procs, profiler)
+            profiler.dump_stats(args.profile)
+            print(f"\nprofile of a warm run (cProfile, {args.profile}), by own time:")
+            pstats.Stats(str(args.profile)).sort_stats("tottime").print_stats(15)
+    finally:
+        for server in servers:
+            server.terminate()
+            server.wait()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def report(args: argparse.Namespace, pages: int, results: dict[str, list[RunResult]],
+           load: tuple[float, float]) -> None:
+    first = results["warm"][0]
+    print(f"python {platform.python_version()}, {os.cpu_count()} CPUs (load average "
+          f"{load[0]:.1f} before, {load[1]:.1f} after); {args.docs} sample docs, {pages} pages; "
+          f"{first.evidence_requests} evidence + {first.answer_requests} answer requests per run; "
+          f"concurrency {args.concurrency}; {args.servers} server processes; median of "
+          f"{args.runs} runs")
+    print(f"{'run':<5} {'render s':>8} {'pages':>5} {'evid. s':>7} {'evid. req/s':>11} "
+          f"{'answer s':>8} {'whole s':>7} {'whole evid. req/s':>17} {'CPU ms/req':>10} "
+          f"{'server ms/req':>13} {'on CPU':>6}   runs (evidence req/s)")
+    medians: dict[str, dict[str, float]] = {}
+    for kind, runs in results.items():
+        m = {
+            name: statistics.median(getattr(r, name) for r in runs)
+            for name in ("render_s", "rendered", "evidence_s", "evidence_rps", "answer_s",
+                         "whole_s", "whole_rps", "evidence_cpu_ms", "evidence_server_cpu_ms",
+                         "cpu_busy")
+        }
+        medians[kind] = m
+        each = ", ".join(f"{r.evidence_rps:.0f}" for r in runs)
+        print(f"{kind:<5} {m['render_s']:>8.2f} {m['rendered']:>5.0f} {m['evidence_s']:>7.2f} "
+              f"{m['evidence_rps']:>11.0f} {m['answer_s']:>8.2f} {m['whole_s']:>7.2f} "
+              f"{m['whole_rps']:>17.0f} {m['evidence_cpu_ms']:>10.3f} "
+              f"{m['evidence_server_cpu_ms']:>13.3f} {m['cpu_busy']:>6.0%}   {each}")
+    print("(evid. s: the evidence stage: requests built, sent, parsed, cached, turned into rows; "
+          "CPU ms/req: this process's CPU per evidence request in that stage, server ms/req the "
+          "server's; on CPU: the share of the stage this process ran)")
+    for kind in ("warm", "cold"):
+        stage, whole = medians[kind]["evidence_rps"], medians[kind]["whole_rps"]
+        ceiling = 1000 / medians[kind]["evidence_cpu_ms"]
+        verdict = "meets" if stage >= GOAL else "MISSES"
+        print(f"{kind}: evidence stage {stage:.0f} req/s = {stage / GOAL:.2f}x the {GOAL:.0f} "
+              f"req/s goal ({verdict}); whole run {whole / GOAL:.2f}x; CPU-bound ceiling of the "
+              f"pipeline on one free core {ceiling:.0f} req/s = {ceiling / GOAL:.2f}x")
+
+
+if __name__ == "__main__":
+    main()
