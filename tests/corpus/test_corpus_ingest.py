@@ -19,6 +19,7 @@ from docthink.corpus import Corpus, RenderPolicy, ingest
 from docthink.corpus.ingest import FAULT_ENV
 from docthink.corpus.samples import write_sample_pdfs
 from docthink.models.base import PageRef
+from docthink.runs import Registry
 from tests.corpus.corpus_pdfs import (
     write_broken_page,
     write_encrypted,
@@ -161,16 +162,15 @@ def test_sigkill_mid_run_loses_nothing_and_resume_matches_an_uninterrupted_run(
     pdfs = tmp_path / "pdfs"
     write_sample_pdfs(pdfs, n_docs=40, seed=3, pages=(3, 8))
     killed, reference = tmp_path / "killed", tmp_path / "reference"
-    script = (
-        "import sys; from pathlib import Path; from docthink.corpus import RenderPolicy, ingest; "
-        "ingest(Path(sys.argv[1]), Path(sys.argv[2]), render=RenderPolicy(dpi=36, max_side=200), "
-        "workers=2, progress=False)"
-    )
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(f"prerender: {SMALL.model_dump_json()}\n")
+    command = [sys.executable, "-m", "docthink.cli", "ingest", str(pdfs), "--out", str(killed),
+               "--recipe", str(recipe), "--runs-dir", str(tmp_path / "runs")]
     # The delay stretches the run so the kill lands half-way, whatever the machine's speed.
-    env = {**os.environ, FAULT_ENV: "delay:0.1"}
-    process = subprocess.Popen(
-        [sys.executable, "-c", script, str(pdfs), str(killed)], env=env, start_new_session=True
-    )
+    env = {**os.environ, FAULT_ENV: "delay:0.1",
+           "DOCTHINK_REGISTRY": str(tmp_path / "registry.sqlite")}
+    process = subprocess.Popen(command, env=env, start_new_session=True,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         finished_before_kill = wait_for_journal_lines(killed / "journal.jsonl", at_least=8)
     finally:
@@ -179,6 +179,9 @@ def test_sigkill_mid_run_loses_nothing_and_resume_matches_an_uninterrupted_run(
     journaled = {json.loads(line)["doc_id"] for line in journal_lines(killed / "journal.jsonl")}
     assert 8 <= finished_before_kill <= len(journaled) < 40
     assert not (killed / "manifest.jsonl").exists()
+    # The killed command's run record stays, marked as never finished.
+    (record,) = Registry(tmp_path / "registry.sqlite").list(kind="ingest")
+    assert record.status == "running" and record.ended_at is None
     with pytest.raises(FileNotFoundError, match="first ingest did not finish"):
         Corpus.open(killed)
 
