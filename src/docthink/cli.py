@@ -21,16 +21,19 @@ from docthink.corpus import Corpus
 from docthink.corpus import ingest as run_ingest
 from docthink.corpus.files import sharded
 from docthink.corpus.samples import write_sample_pdfs
+from docthink.merge import CheckpointError, MergeError, merge_checkpoints
 from docthink.models import CachedModel, ChatModel, RequestCache, build_model
 from docthink.recipe import (
     ExportRecipe,
     IngestRecipe,
+    MergeRecipe,
     RecipeError,
     SynthRecipe,
     commented_yaml,
     load_recipe,
 )
 from docthink.runs import Registry, default_registry_path, recipe_hash, start_run
+from docthink.runs.run import RUN_MARKER
 from docthink.synth.card import write_card
 from docthink.synth.export import write_export
 from docthink.synth.pipeline import (
@@ -102,15 +105,14 @@ def runs_show(run_id: str, registry: RegistryOpt = None) -> None:
 
 
 
-ParentRun = Path("docthink_run.json")  # written into an output folder: which run made it
 
 
 def _mark_output(folder: Path, run_id: str, kind: str) -> None:
-    (folder / ParentRun).write_text(json.dumps({"run_id": run_id, "kind": kind}) + "\n")
+    (folder / RUN_MARKER).write_text(json.dumps({"run_id": run_id, "kind": kind}) + "\n")
 
 
 def _parent_of(folder: Path) -> list[str]:
-    marker = folder / ParentRun
+    marker = folder / RUN_MARKER
     return [json.loads(marker.read_text())["run_id"]] if marker.exists() else []
 
 
@@ -330,7 +332,9 @@ def eval_run(
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     benchmark: Annotated[str | None, typer.Option(help="name for the leaderboard")] = None,
     limit: Annotated[int | None, typer.Option(help="first N selected questions")] = None,
-    docs: Annotated[list[str] | None, typer.Option("--doc", help="only this doc_id (repeatable)")] = None,
+    docs: Annotated[
+        list[str] | None, typer.Option("--docs", "--doc", help="only this doc_id (repeatable)")
+    ] = None,
     sample: Annotated[int | None, typer.Option(help="stratified sample of N questions")] = None,
     seed: Annotated[int | None, typer.Option(help="seed of sampling and bootstrap")] = None,
     modes: Annotated[list[str] | None, typer.Option("--mode", help="plain and/or cot (repeatable)")] = None,
@@ -407,6 +411,59 @@ def eval_rescore(
              f"({report['questions']})  [run {run_id}]")
 
 # ---- end eval -------------------------------------------------------------------------------------
+
+
+@app.command()
+def merge(
+    base: Annotated[Path, typer.Option(help="starting checkpoint (safetensors)")],
+    tuned: Annotated[Path, typer.Option(help="fine-tuned checkpoint or PEFT LoRA adapter")],
+    alpha: Annotated[str, typer.Option(help="strength(s), comma-separated: 0.25 or 0.25,0.5,1.0")],
+    out: Annotated[
+        list[Path],
+        typer.Option(help="output folder per alpha, or one containing {alpha}"),
+    ],
+    shard_size: Annotated[int | None, typer.Option(help="bytes per output shard")] = None,
+    chunk_bytes: Annotated[int | None, typer.Option(help="buffer budget (memory)")] = None,
+    overwrite: Annotated[bool, typer.Option(help="replace existing output folders")] = False,
+    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """Task arithmetic, streamed: base + alpha * (tuned - base), several alphas in one pass."""
+    try:
+        alphas = [float(a) for a in alpha.split(",")]
+    except ValueError:
+        raise _fail(f"--alpha: expected numbers separated by commas, got {alpha!r}") from None
+    outs = out
+    if len(out) == 1 and "{alpha}" in str(out[0]):
+        outs = [Path(str(out[0]).replace("{alpha}", f"{a:g}")) for a in alphas]
+    overrides = {"base": base, "tuned": tuned, "alphas": alphas, "outs": outs,
+                 "shard_size": shard_size, "chunk_bytes": chunk_bytes}
+    resolved = _load(MergeRecipe, recipe, overrides)
+    parents = _parent_of(resolved.base) + _parent_of(resolved.tuned)
+    with start_run("merge", resolved, command=sys.argv, runs_dir=runs_dir,
+                   registry_path=registry, parents=parents) as run:
+        try:
+            report = merge_checkpoints(
+                resolved.base, resolved.tuned, resolved.alphas, resolved.outs,
+                shard_size=resolved.shard_size, chunk_bytes=resolved.chunk_bytes,
+                progress=True, overwrite=overwrite,
+            )
+        except (MergeError, CheckpointError, FileExistsError) as exc:
+            raise _fail(str(exc)) from None
+        run.add_hashed_folder("input", resolved.base, report.base_files)
+        run.add_hashed_folder("input", resolved.tuned, report.tuned_files)
+        for output in report.outputs:
+            run.add_hashed_folder("output", output.path, output.files)
+            _mark_output(output.path, run.id, "merge")
+        run.metrics.update({"alphas": resolved.alphas, "tensors": report.n_tensors,
+                            "seconds": round(report.seconds, 2)})
+        run.summary["vocab_growth"] = [str(g) for g in report.vocab_growth]
+    for output in report.outputs:
+        _say(f"merged alpha={output.alpha:g} -> {output.path}")
+    for growth in report.vocab_growth:
+        _say(f"  vocabulary grew: {growth}")
+    _say(f"{report.n_tensors} tensors in {report.seconds:.1f} s  [run {run.id}]")
 
 
 def main() -> None:

@@ -7,7 +7,14 @@ from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from docthink.corpus import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
@@ -178,3 +185,18 @@ class ExportRecipe(Recipe):
     run_dir: Path = Field(description="output folder of `docthink synth`")
     format: Literal["trl", "llamafactory"] = Field(description="trainer format")
     out: Path = Field(description="export folder")
+
+
+class MergeRecipe(Recipe):
+    base: Path = Field(description="the starting checkpoint (safetensors, single or sharded)")
+    tuned: Path = Field(description="the fine-tuned checkpoint, or a PEFT LoRA adapter folder")
+    alphas: list[float] = Field(min_length=1, description="merge strengths: base + a*(tuned-base)")
+    outs: list[Path] = Field(min_length=1, description="one output folder per alpha")
+    shard_size: int = Field(5 * 2**30, gt=0, description="bytes per output shard, at most")
+    chunk_bytes: int = Field(256 * 2**20, gt=0, description="buffer budget of one step (memory)")
+
+    @model_validator(mode="after")
+    def _one_out_per_alpha(self) -> MergeRecipe:
+        if len(self.outs) != len(self.alphas):
+            raise ValueError(f"{len(self.alphas)} alphas need as many outs, got {len(self.outs)}")
+        return self

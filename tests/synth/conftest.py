@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -25,9 +24,3 @@ def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]
     docthink("ingest", root / "sample" / "pdfs", "--out", root / "corpus",
              "--runs-dir", root / "runs", "--registry", registry)
     return root / "corpus", root / "sample" / "questions.jsonl"
-
-
-@pytest.fixture(autouse=True)
-def _registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("DOCTHINK_REGISTRY", str(tmp_path / "registry.sqlite"))
-    assert os.environ["DOCTHINK_REGISTRY"]

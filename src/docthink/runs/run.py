@@ -68,17 +68,27 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+# Written into an output folder by the command that made it (its run id), so the next command can
+# name its parent run. Not part of the folder's digest.
+RUN_MARKER = "docthink_run.json"
+
+
 def tree_digest(path: Path) -> tuple[str, int]:
     """sha256 and total size of a file, or of a folder as the sorted list of (relative path,
     file sha256) pairs, so a folder's digest changes iff a file in it changes."""
     if path.is_file():
         return file_sha256(path), path.stat().st_size
+    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RUN_MARKER)
+    hashes = {f.relative_to(path).as_posix(): file_sha256(f) for f in files}
+    return folder_digest(hashes), sum(f.stat().st_size for f in files)
+
+
+def folder_digest(file_hashes: dict[str, str]) -> str:
+    """The digest of a folder from its files' sha256 (relative posix path -> sha256)."""
     digest = hashlib.sha256()
-    size = 0
-    for file in sorted(p for p in path.rglob("*") if p.is_file()):
-        digest.update(f"{file.relative_to(path).as_posix()}\0{file_sha256(file)}\n".encode())
-        size += file.stat().st_size
-    return digest.hexdigest(), size
+    for name in sorted(file_hashes):
+        digest.update(f"{name}\0{file_hashes[name]}\n".encode())
+    return digest.hexdigest()
 
 
 def code_version() -> tuple[str | None, bool | None]:
@@ -138,6 +148,17 @@ class Run:
 
     def add_output(self, path: Path) -> None:
         self._add("output", path)
+
+    def add_hashed_folder(self, role: str, folder: Path, known: dict[str, str]) -> None:
+        """A folder some of whose files' sha256 are already known (as a merge computes them while
+        writing): recorded with the digest `tree_digest` gives, re-reading only the other files."""
+        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != RUN_MARKER)
+        hashes = {}
+        for file in files:
+            name = file.relative_to(folder).as_posix()
+            hashes[name] = known[name] if name in known else file_sha256(file)
+        size = sum(f.stat().st_size for f in files)
+        self._artifacts.append(Artifact(role, str(folder.resolve()), folder_digest(hashes), size))
 
     def _add(self, role: str, path: Path) -> None:
         sha, size = tree_digest(path)

@@ -1,0 +1,219 @@
+"""Benchmark questions in: MMLongBench-Doc's GitHub `samples.json`, its Hugging Face Parquet
+layout, and the TSV layout used for MMLBD-C, all read into one typed row model.
+
+Validated here, once: a bad row is an error naming the file, the row and the field. Rows are keyed
+by their index (the position in the file, or the TSV's `index` column): `(doc_id, question)` is not
+unique. Every load records the file's sha256, so a report says exactly which data it scored.
+"""
+
+from __future__ import annotations
+
+import ast
+import csv
+import hashlib
+import json
+import sys
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
+
+from docthink.evals.scoring import NOT_ANSWERABLE, AnswerFormat
+from docthink.runs import file_sha256
+
+FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidence_sources",
+          "answer_format")
+
+
+class DataError(ValueError):
+    """A benchmark file that cannot be read; the message names the file, row and field."""
+
+
+class BenchRow(BaseModel):
+    """One benchmark question. `evidence_pages` and `evidence_sources` arrive as Python-literal
+    list strings (`"[5, 6]"`, `"['Chart']"`) and are parsed with a literal parser."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    index: int
+    doc_id: str
+    doc_type: str
+    question: str
+    answer: str
+    answer_format: AnswerFormat
+    evidence_pages: tuple[int, ...]
+    evidence_sources: tuple[str, ...]
+
+    @field_validator("evidence_pages", "evidence_sources", mode="before")
+    @classmethod
+    def _literal_list(cls, value: object) -> object:
+        return ast.literal_eval(value) if isinstance(value, str) else value
+
+    @property
+    def unanswerable(self) -> bool:
+        return self.answer == NOT_ANSWERABLE
+
+    @property
+    def page_kinds(self) -> tuple[str, ...]:
+        """The official single-page / cross-page / unanswerable groups, which overlap: single-page
+        is exactly one evidence page, cross-page is not one page and answerable, unanswerable is
+        the reference `Not answerable` (a row with one evidence page and that reference counts in
+        both; a row with no evidence page and an answer counts as cross-page)."""
+        kinds = ("single-page",) if len(self.evidence_pages) == 1 else ()
+        if not self.unanswerable and len(self.evidence_pages) != 1:
+            kinds += ("cross-page",)
+        return kinds + (("unanswerable",) if self.unanswerable else ())
+
+
+@dataclass(frozen=True, slots=True)
+class Benchmark:
+    path: Path
+    sha256: str
+    layout: str  # "samples.json" | "parquet" | "tsv"
+    rows: tuple[BenchRow, ...]
+
+    def by_index(self) -> dict[int, BenchRow]:
+        return {row.index: row for row in self.rows}
+
+
+def load_benchmark(path: Path) -> Benchmark:
+    """Rows of a benchmark file; the layout is chosen by the file's suffix."""
+    if not path.is_file():
+        raise DataError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".json":
+        layout, raw = "samples.json", _json_rows(path)
+    elif suffix == ".parquet":
+        layout, raw = "parquet", _parquet_rows(path)
+    elif suffix in (".tsv", ".tab"):
+        layout, raw = "tsv", _tsv_rows(path)
+    else:
+        raise DataError(f"{path}: unknown layout (expected .json, .parquet or .tsv)")
+    rows = _validated(path, raw)
+    return Benchmark(path=path, sha256=file_sha256(path), layout=layout, rows=tuple(rows))
+
+
+def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not JSON: {exc.msg} at line {exc.lineno}") from None
+    if not isinstance(data, list):
+        raise DataError(f"{path}: expected a list of question objects")
+    for index, row in enumerate(data):
+        if not isinstance(row, dict):
+            raise DataError(f"{path}: row {index}: expected an object")
+        yield index, {**row, "index": index}
+
+
+def _parquet_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(path)
+    missing = [f for f in FIELDS if f not in table.column_names]
+    if missing:
+        raise DataError(f"{path}: missing columns {missing} (have {table.column_names})")
+    for index, row in enumerate(table.select(list(FIELDS)).to_pylist()):
+        yield index, {**row, "index": index}
+
+
+def _tsv_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
+    # MMLBD-C-style TSVs may carry each document as a base64 column: lift the field size cap.
+    csv.field_size_limit(sys.maxsize)
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        columns = reader.fieldnames or []
+        missing = [c for c in ("index", *FIELDS) if c not in columns]
+        if missing:
+            raise DataError(f"{path}: missing columns {missing} (have {columns})")
+        for number, row in enumerate(reader, start=1):
+            try:
+                index = int(row["index"])
+            except ValueError:
+                raise DataError(f"{path}: row {number}: index {row['index']!r} is not an int") from None
+            yield number, {k: row[k] for k in ("index", *FIELDS)} | {"index": index}
+
+
+def _validated(path: Path, raw: Iterable[tuple[int, dict[str, object]]]) -> list[BenchRow]:
+    rows: list[BenchRow] = []
+    seen: set[int] = set()
+    for where, data in raw:
+        try:
+            row = BenchRow.model_validate(data)
+        except (ValidationError, ValueError, SyntaxError) as exc:
+            raise DataError(f"{path}: row {where}: {_reason(exc)}") from None
+        if row.index in seen:
+            raise DataError(f"{path}: row {where}: index {row.index} repeats an earlier row")
+        seen.add(row.index)
+        rows.append(row)
+    return rows
+
+
+def _reason(exc: Exception) -> str:
+    if isinstance(exc, ValidationError):
+        err = exc.errors()[0]
+        return f"field {'.'.join(str(p) for p in err['loc'])}: {err['msg']}"
+    return str(exc)
+
+
+# -- selection ------------------------------------------------------------------------------------
+
+
+def stable_fraction(seed: int, key: object, purpose: str) -> float:
+    """A number in [0, 1) derived from (seed, key, purpose) only: the same on every machine."""
+    digest = hashlib.sha256(f"{seed}\0{key}\0{purpose}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def stratified_sample(rows: Sequence[BenchRow], n: int, seed: int) -> list[BenchRow]:
+    """`n` rows with each answer format represented in proportion (largest remainder), chosen by
+    (seed, row index); returned in index order. A larger `n` keeps the rows of a smaller one
+    within each format."""
+    if n >= len(rows):
+        return list(rows)
+    strata: dict[str, list[BenchRow]] = {}
+    for row in rows:
+        strata.setdefault(row.answer_format, []).append(row)
+    quotas = {fmt: n * len(group) / len(rows) for fmt, group in strata.items()}
+    counts = {fmt: int(q) for fmt, q in quotas.items()}
+    by_remainder = sorted(quotas, key=lambda fmt: (-(quotas[fmt] - counts[fmt]), fmt))
+    for fmt in by_remainder[: n - sum(counts.values())]:
+        counts[fmt] += 1
+    chosen = [
+        row
+        for fmt, group in strata.items()
+        for row in sorted(group, key=lambda r: stable_fraction(seed, r.index, "sample"))[: counts[fmt]]
+    ]
+    return sorted(chosen, key=lambda r: r.index)
+
+
+@dataclass(frozen=True, slots=True)
+class Selection:
+    rows: list[BenchRow]  # to evaluate, in index order
+    skipped: dict[int, str]  # row index -> why it is not evaluated (its PDF is missing or bad)
+
+
+def select_rows(
+    benchmark: Benchmark,
+    *,
+    unavailable: Mapping[str, str],
+    docs: Sequence[str] | None,
+    sample: int | None,
+    limit: int | None,
+    seed: int,
+) -> Selection:
+    """Rows to evaluate: restricted to `docs`; rows whose document is in `unavailable` (doc_id ->
+    why: missing, rejected at ingest) are skipped with that reason; then a stratified sample; then
+    the first `limit`."""
+    unknown = sorted(set(docs or ()) - {r.doc_id for r in benchmark.rows})
+    if unknown:
+        raise DataError(f"{benchmark.path}: no question is about {unknown}")
+    rows = [r for r in benchmark.rows if docs is None or r.doc_id in docs]
+    skipped = {r.index: unavailable[r.doc_id] for r in rows if r.doc_id in unavailable}
+    usable = [r for r in rows if r.doc_id not in unavailable]
+    if sample is not None:
+        usable = stratified_sample(usable, sample, seed)
+    if limit is not None:
+        usable = usable[:limit]
+    return Selection(rows=usable, skipped=skipped)

@@ -1,0 +1,461 @@
+"""`docthink eval run`: ask a model every selected benchmark question over the document's page
+images, extract and score its answers, and write predictions and a report.
+
+The run's folder (`out`) holds `pdfs/` (links to the PDFs needed) and `corpus/` (their ingested
+pages and images, unless an existing corpus is given), `cache.sqlite` (every answer, committed as
+it arrives), `predictions.jsonl` and `report.{json,md,png}`. A killed run resumes from the cache:
+no request that was answered is asked again, and the report equals that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import sys
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from docthink.corpus import Corpus, Document, RenderError, RenderPolicy, ingest
+from docthink.engine.local import run_requests
+from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
+from docthink.evals.extract import (
+    Extraction,
+    Extractor,
+    ExtractPrompt,
+    JudgeExtractor,
+    RuleExtractor,
+)
+from docthink.evals.metrics import Scored
+from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
+from docthink.evals.report import build_report, run_metrics, write_report
+from docthink.evals.scoring import score
+from docthink.models import (
+    CachedModel,
+    ChatModel,
+    ChatRequest,
+    ChatResult,
+    ImagePart,
+    Message,
+    PageRef,
+    RequestCache,
+    RequestFailure,
+    TextPart,
+    build_model,
+)
+from docthink.progress import progress
+from docthink.runs import start_run
+from docthink.synth.export import COT
+
+RUN_MARKER = "docthink_run.json"  # written into an output folder by every command: which run made it
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    row: BenchRow
+    mode: Mode
+    response: str | None  # None when the request failed
+    extraction: Extraction
+    output_tokens: int | None
+    failure: str | None  # request or extraction failure: the row scores 0
+
+    @property
+    def score(self) -> float:
+        if self.failure is not None:
+            return 0.0
+        return score(self.row.answer, self.extraction.pred, self.row.answer_format)
+
+    def scored(self) -> Scored:
+        return Scored(self.row, self.extraction.pred, self.score, self.output_tokens, self.failure)
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "index": self.row.index,
+            "mode": self.mode,
+            "doc_id": self.row.doc_id,
+            "question": self.row.question,
+            "answer": self.row.answer,
+            "answer_format": self.row.answer_format,
+            "response": self.response,
+            "pred": self.extraction.pred,
+            "score": self.score,
+            "output_tokens": self.output_tokens,
+            "failure": self.failure,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class EvalResult:
+    report: dict[str, object]
+    predictions: Path
+    report_files: list[Path]
+    usage: dict[str, object]
+
+
+# -- documents ------------------------------------------------------------------------------------
+
+
+def _link_pdfs(documents: Path, doc_ids: set[str], folder: Path) -> None:
+    """`folder/<doc_id>` -> the PDF in `documents`: the corpus ingests only what the run needs."""
+    for doc_id in sorted(doc_ids):
+        link, target = folder / doc_id, (documents / doc_id).resolve()
+        link.parent.mkdir(parents=True, exist_ok=True)
+        if link.is_symlink() and Path(os.readlink(link)) == target:
+            continue
+        if link.is_symlink():
+            link.unlink()
+        link.symlink_to(target)
+
+
+def _ingested(recipe: EvalRecipe, documents: Path, doc_ids: set[str],
+              show_progress: bool) -> Corpus:
+    pdfs, corpus = recipe.out / "pdfs", recipe.out / "corpus"
+    pdfs.mkdir(parents=True, exist_ok=True)
+    _link_pdfs(documents, doc_ids, pdfs)
+    ingest(pdfs, corpus, workers=recipe.workers, progress=show_progress)
+    return Corpus.open(corpus)
+
+
+def _select(recipe: EvalRecipe, benchmark: Benchmark, show_progress: bool) -> tuple[Corpus, Selection]:
+    """The corpus and the rows to evaluate. With a PDF folder, rows whose PDF is missing are
+    skipped before sampling, and only the selected rows' PDFs are ingested; with an existing
+    corpus, rows whose document it lacks are skipped before sampling."""
+    doc_ids = {r.doc_id for r in benchmark.rows}
+    options = {"docs": recipe.select.docs, "sample": recipe.select.sample,
+               "limit": recipe.select.limit, "seed": recipe.seed}
+    if recipe.corpus is not None:
+        corpus = Corpus.open(recipe.corpus)
+        unavailable = {d: why for d in doc_ids if (why := _unusable(corpus, d)) is not None}
+        return corpus, select_rows(benchmark, unavailable=unavailable, **options)
+    documents = recipe.documents
+    assert documents is not None  # the recipe validates that one of the two is given
+    missing = {d: "pdf missing" for d in doc_ids if not (documents / d).is_file()}
+    selection = select_rows(benchmark, unavailable=missing, **options)
+    return _ingested(recipe, documents, {r.doc_id for r in selection.rows}, show_progress), selection
+
+
+def _unusable(corpus: Corpus, doc_id: str) -> str | None:
+    if doc_id in corpus.documents:
+        return None
+    if doc_id in corpus.rejected:
+        return f"pdf rejected at ingest: {corpus.rejected[doc_id]}"
+    return "not in corpus"
+
+
+# -- page images ----------------------------------------------------------------------------------
+
+
+def page_policy(policy: RenderPolicy, size_pt: tuple[float, float],
+                max_pixels: int | None) -> RenderPolicy:
+    """`policy`, at a lower dpi if a page of this size would exceed `max_pixels` pixels."""
+    if max_pixels is None:
+        return policy
+    width, height = size_pt
+    scale = policy.scale(width, height)
+    if math.ceil(width * scale) * math.ceil(height * scale) <= max_pixels:
+        return policy
+    dpi = min(policy.dpi, int(72 * math.sqrt(max_pixels / (width * height))))
+    while dpi > 18 and math.ceil(width * dpi / 72) * math.ceil(height * dpi / 72) > max_pixels:
+        dpi -= 1
+    return policy.model_copy(update={"dpi": max(dpi, 18)})
+
+
+def _document_pages(document: Document, settings: InferenceSettings) -> list[tuple[PageRef, RenderPolicy]]:
+    n = min(settings.max_pages, document.n_pages)
+    return [
+        (PageRef(document.doc_id, p),
+         page_policy(settings.image, document.page_sizes[p - 1], settings.max_pixels))
+        for p in range(1, n + 1)
+    ]
+
+
+def _render(corpus: Corpus, pages: Sequence[tuple[PageRef, RenderPolicy]], workers: int,
+            show_progress: bool) -> dict[PageRef, ImagePart]:
+    by_policy: dict[RenderPolicy, list[PageRef]] = {}
+    for ref, policy in pages:
+        by_policy.setdefault(policy, []).append(ref)
+    images: dict[PageRef, ImagePart] = {}
+    for policy, refs in by_policy.items():
+        parts = corpus.ensure_images(refs, policy, workers, show_progress)
+        images.update(zip(refs, parts, strict=True))
+    return images
+
+
+def page_images(corpus: Corpus, doc_ids: set[str], settings: InferenceSettings, workers: int,
+                show_progress: bool) -> tuple[dict[str, list[ImagePart]], dict[str, str]]:
+    """The images shown for each document, and the documents that could not be rendered (why).
+    All documents render in one batch; after a failure, one by one, to tell which failed."""
+    pages = {d: _document_pages(corpus.document(d), settings) for d in sorted(doc_ids)}
+    try:
+        rendered = _render(corpus, [p for d in pages for p in pages[d]], workers, show_progress)
+    except RenderError:
+        return _render_one_by_one(corpus, pages, workers)
+    return {d: [rendered[ref] for ref, _ in pages[d]] for d in pages}, {}
+
+
+def _render_one_by_one(corpus: Corpus, pages: dict[str, list[tuple[PageRef, RenderPolicy]]],
+                       workers: int) -> tuple[dict[str, list[ImagePart]], dict[str, str]]:
+    images: dict[str, list[ImagePart]] = {}
+    failed: dict[str, str] = {}
+    for doc_id, doc_pages in pages.items():
+        try:
+            rendered = _render(corpus, doc_pages, workers, show_progress=False)
+        except RenderError as error:
+            failed[doc_id] = f"render failed: {str(error).splitlines()[0]}"
+            continue
+        images[doc_id] = [rendered[ref] for ref, _ in doc_pages]
+    return images, failed
+
+
+# -- requests -------------------------------------------------------------------------------------
+
+
+def answer_request(question: str, mode: Mode, images: Sequence[ImagePart],
+                   settings: InferenceSettings) -> ChatRequest:
+    """The page images (each after its `Page N:` line when set) and the question; in cot mode
+    the `<cot>` token where training put it (see `docthink.synth.export`)."""
+    cot = mode == "cot"
+    if cot and settings.cot_placement == "prefix":
+        question = f"{COT} {question}"
+    elif cot and settings.cot_placement == "suffix":
+        question = f"{question} {COT}"
+    pages: list[TextPart | ImagePart] = []
+    for i, image in enumerate(images, start=1):
+        if settings.page_index is not None:
+            pages.append(TextPart(settings.page_index.format(i=i)))
+        pages.append(image)
+    parts = [TextPart(question), *pages] if settings.question_first else [*pages, TextPart(question)]
+    system_lines = [s for s in (settings.system, COT if cot and settings.cot_placement == "system"
+                                else None) if s is not None]
+    system = (Message.text("system", "\n".join(system_lines)),) if system_lines else ()
+    return ChatRequest(
+        messages=(*system, Message("user", tuple(parts))),
+        temperature=settings.temperature,
+        max_tokens=settings.max_tokens,
+        purpose=f"answer-{mode}",
+    )
+
+
+async def _complete_all(model: ChatModel, requests: Sequence[ChatRequest], concurrency: int,
+                        label: str, show_progress: bool) -> list[ChatResult | RequestFailure]:
+    with progress(label, len(requests), show_progress) as bar:
+        return await run_requests(model, requests, concurrency=concurrency,
+                                  on_done=lambda n: bar.advance(n))
+
+
+async def _answer_and_extract(
+    recipe: EvalRecipe,
+    model: ChatModel,
+    extractor: Extractor,
+    jobs: Sequence[tuple[BenchRow, Mode, ChatRequest]],
+    show_progress: bool,
+) -> list[Prediction]:
+    try:
+        outcomes = await _complete_all(model, [r for _, _, r in jobs], recipe.concurrency,
+                                       "answer", show_progress)
+        answered = [(row.question, o.text) for (row, _, _), o in zip(jobs, outcomes, strict=True)
+                    if isinstance(o, ChatResult)]
+        extractions = iter(await extractor.extract_all(answered))
+    finally:
+        await model.aclose()
+        await extractor.aclose()
+    return [
+        Prediction(row, mode, None, Extraction(""), None, f"request failed: {outcome.reason}")
+        if isinstance(outcome, RequestFailure)
+        else _answered(row, mode, outcome, next(extractions))
+        for (row, mode, _), outcome in zip(jobs, outcomes, strict=True)
+    ]
+
+
+def _answered(row: BenchRow, mode: Mode, result: ChatResult, extraction: Extraction) -> Prediction:
+    return Prediction(row, mode, result.text, extraction, result.usage.completion_tokens,
+                      extraction.failure)
+
+
+# -- the run --------------------------------------------------------------------------------------
+
+
+def _settings(recipe: EvalRecipe) -> dict[str, object]:
+    """What decides the answers, without paths: the report must not depend on where it ran."""
+    return recipe.model_dump(mode="json", include={"model", "seed", "select", "inference"})
+
+
+def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
+    benchmark = load_benchmark(recipe.data)
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    corpus, selection = _select(recipe, benchmark, show_progress)
+    skipped = dict(selection.skipped)
+    wanted = {r.doc_id for r in selection.rows}
+    with corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
+        unusable = {d: why for d in wanted if (why := _unusable(corpus, d)) is not None}
+        usable_docs = wanted - unusable.keys()
+        images, unrendered = page_images(corpus, usable_docs, recipe.inference, recipe.workers,
+                                         show_progress)
+        unusable |= unrendered
+        rows = [r for r in selection.rows if r.doc_id not in unusable]
+        skipped |= {r.index: unusable[r.doc_id] for r in selection.rows if r.doc_id in unusable}
+        jobs = [
+            (row, mode, answer_request(row.question, mode, images[row.doc_id], recipe.inference))
+            for mode in recipe.inference.modes
+            for row in rows
+        ]
+        model = CachedModel(build_model(recipe.model, pages=corpus), cache)
+        extractor = _extractor(recipe, corpus, cache, show_progress)
+        predictions = asyncio.run(_answer_and_extract(recipe, model, extractor, jobs, show_progress))
+        usage = {"model": model.usage.as_dict(),
+                 "judge": extractor.judge.usage.as_dict()
+                 if isinstance(extractor, JudgeExtractor) else None}
+    predictions_path = recipe.out / "predictions.jsonl"
+    write_predictions(predictions, predictions_path)
+    report = build_report(
+        benchmark=recipe.benchmark,
+        data=benchmark,
+        scored={mode: [p.scored() for p in predictions if p.mode == mode]
+                for mode in recipe.inference.modes},
+        seed=recipe.seed,
+        questions=_questions(len(rows), skipped),
+        model=model.name,
+        extraction=extractor.record,
+        settings=_settings(recipe),
+    )
+    files = write_report(report, recipe.out / "report.json")
+    return EvalResult(report, predictions_path, files, usage)
+
+
+def _questions(evaluated: int, skipped: dict[int, str]) -> dict[str, object]:
+    return {
+        "evaluated": evaluated,
+        "skipped": len(skipped),
+        "skipped_reasons": dict(sorted(Counter(skipped.values()).items())),
+    }
+
+
+def _extractor(recipe: EvalRecipe, corpus: Corpus, cache: RequestCache,
+               show_progress: bool) -> Extractor:
+    settings = recipe.extract
+    if settings.method == "rule":
+        return RuleExtractor()
+    assert settings.judge is not None  # the recipe validates that method llm names a judge
+    judge = CachedModel(build_model(settings.judge, pages=corpus), cache)
+    return JudgeExtractor(judge, ExtractPrompt.read(settings.prompt),
+                          max_tokens=settings.max_tokens, concurrency=recipe.concurrency,
+                          show_progress=show_progress)
+
+
+def write_predictions(predictions: Sequence[Prediction], path: Path) -> None:
+    tmp = path.with_suffix(".jsonl.tmp")
+    with tmp.open("w", encoding="utf-8") as f:
+        for p in predictions:
+            f.write(json.dumps(p.to_json(), ensure_ascii=False) + "\n")
+    os.replace(tmp, path)
+
+
+def _parents(recipe: EvalRecipe) -> list[str]:
+    if recipe.corpus is None or not (recipe.corpus / RUN_MARKER).exists():
+        return []
+    return [json.loads((recipe.corpus / RUN_MARKER).read_text())["run_id"]]
+
+
+def run_eval(recipe: EvalRecipe, *, runs_dir: Path, registry_path: Path | None,
+             show_progress: bool = True) -> tuple[str, EvalResult]:
+    """`evaluate`, recorded as a run (kind `eval`) with its metrics for the leaderboard."""
+    with start_run("eval", recipe, command=sys.argv, runs_dir=runs_dir,
+                   registry_path=registry_path, parents=_parents(recipe),
+                   inputs=[recipe.data]) as run:
+        result = evaluate(recipe, show_progress=show_progress)
+        run.metrics.update(run_metrics(result.report))
+        run.summary.update({
+            "questions": result.report["questions"],
+            "usage": result.usage,
+            "extraction": result.report["extraction"],
+        })
+        corpus = recipe.corpus or recipe.out / "corpus"
+        run.add_input(corpus / "manifest.jsonl")  # the sha256 of every PDF that was read
+        run.add_output(result.predictions)
+        for path in result.report_files:
+            run.add_output(path)
+        (recipe.out / RUN_MARKER).write_text(json.dumps({"run_id": run.id, "kind": "eval"}) + "\n")
+    return run.id, result
+
+
+# -- rescoring ------------------------------------------------------------------------------------
+
+
+class PredictionIn(BaseModel):
+    """A row of a predictions file: what `rescore` reads (our predictions.jsonl has more)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    index: int
+    pred: str
+    mode: Mode = "plain"
+    failure: str | None = None
+    output_tokens: int | None = None
+
+
+class PredictionsError(ValueError):
+    """A predictions file that cannot be read; the message names the file and line."""
+
+
+def read_predictions(path: Path, rows: dict[int, BenchRow]) -> dict[str, list[Scored]]:
+    """Scored rows per mode; an index that is not in the data, or an (index, mode) given twice,
+    is an error."""
+    scored: dict[str, list[Scored]] = {}
+    seen: set[tuple[int, str]] = set()
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                p = PredictionIn.model_validate_json(line)
+            except ValidationError as exc:
+                err = exc.errors()[0]
+                where = ".".join(str(x) for x in err["loc"]) or "line"
+                raise PredictionsError(f"{path}: line {number}: {where}: {err['msg']}") from None
+            if p.index not in rows:
+                raise PredictionsError(f"{path}: line {number}: index {p.index} is not in the data")
+            if (p.index, p.mode) in seen:
+                raise PredictionsError(f"{path}: line {number}: index {p.index} ({p.mode}) repeats")
+            seen.add((p.index, p.mode))
+            row = rows[p.index]
+            value = 0.0 if p.failure is not None else score(row.answer, p.pred, row.answer_format)
+            scored.setdefault(p.mode, []).append(Scored(row, p.pred, value, p.output_tokens, p.failure))
+    if not scored:
+        raise PredictionsError(f"{path}: no predictions")
+    return scored
+
+
+def rescore(recipe: RescoreRecipe) -> dict[str, object]:
+    """Score a predictions file against the data, with no model at all."""
+    benchmark = load_benchmark(recipe.data)
+    scored = read_predictions(recipe.predictions, benchmark.by_index())
+    answered = {s.row.index for rows in scored.values() for s in rows}
+    unanswered = {r.index: "no prediction" for r in benchmark.rows if r.index not in answered}
+    report = build_report(
+        benchmark=recipe.benchmark,
+        data=benchmark,
+        scored=dict(sorted(scored.items(), key=lambda kv: kv[0] != "plain")),
+        seed=recipe.seed,
+        questions=_questions(len(answered), unanswered),
+    )
+    if recipe.out is not None:
+        write_report(report, recipe.out)
+    return report
+
+
+def run_rescore(recipe: RescoreRecipe, *, runs_dir: Path,
+                registry_path: Path | None) -> tuple[str, dict[str, object]]:
+    """`rescore`, recorded as a run (kind `eval-rescore`)."""
+    with start_run("eval-rescore", recipe, command=sys.argv, runs_dir=runs_dir,
+                   registry_path=registry_path, inputs=[recipe.predictions, recipe.data]) as run:
+        report = rescore(recipe)
+        run.metrics.update(run_metrics(report))
+        run.summary["questions"] = report["questions"]
+        if recipe.out is not None:
+            run.add_output(recipe.out)
+    return run.id, report

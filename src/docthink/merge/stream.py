@@ -1,0 +1,249 @@
+"""Tensors moved piece by piece: read, combined for every alpha, written and hashed.
+
+Peak memory is the arena (`chunk_bytes`) whatever the model size. The arena has two halves:
+while piece k+1 is read and combined in one half, the sha256 of piece k's bytes (inputs and
+outputs) runs on the other. Each byte stream (the base folder, the tuned folder, each output)
+has its own single-thread lane, so its hash sees its bytes in order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
+from pathlib import Path
+from typing import Self
+
+import numpy as np
+
+from docthink.merge.hashing import InputHash, file_sha256
+from docthink.merge.kernel import CODECS, Combiner
+from docthink.merge.plan import TensorPlan, load_raw
+from docthink.merge.safetensors_io import (
+    FLOAT_DTYPES,
+    ITEMSIZE,
+    TensorRef,
+    header_bytes,
+    read_into,
+    shard_names,
+    write_all,
+)
+
+_ALIGN = 64
+
+
+def stream(
+    shards: list[list[TensorPlan]], tmps: list[Path], alphas: list[float], chunk_bytes: int,
+    inputs: list[Path], progress: bool,
+) -> tuple[dict[Path, str], list[dict[str, str]]]:  # fmt: skip
+    """Writes every output's shards; returns {input file: sha256} and per output {shard: sha256}."""
+    total = sum(t.out.nbytes for shard in shards for t in shard)
+    digests: list[dict[str, Future]] = [{} for _ in tmps]
+    with _Streamer(alphas, chunk_bytes, inputs, total, progress) as streamer:
+        for name, shard in zip(shard_names(len(shards)), shards):
+            header = memoryview(
+                header_bytes([(t.name, t.out.dtype, t.out.shape, t.out.nbytes) for t in shard])
+            )
+            writers = [_ShardWriter(tmp / name, streamer) for tmp in tmps]
+            for w in writers:
+                w.write(header)
+            for t in shard:
+                streamer.tensor(t, writers)
+            for jobs, w in zip(digests, writers):
+                jobs[name] = w.close(len(header) + sum(t.out.nbytes for t in shard))
+        in_hashes = streamer.input_hashes()
+        return in_hashes, [{name: job.result() for name, job in jobs.items()} for jobs in digests]
+
+
+class _Lanes:
+    """One single-thread executor per byte stream: its hash updates run in submission order."""
+
+    def __init__(self) -> None:
+        self.lanes: dict[Path, ThreadPoolExecutor] = {}
+
+    def submit(self, key: Path, fn, *args) -> Future:
+        if key not in self.lanes:
+            self.lanes[key] = ThreadPoolExecutor(1, thread_name_prefix="merge-hash")
+        return self.lanes[key].submit(fn, *args)
+
+    def close(self, cancel: bool) -> None:
+        for lane in self.lanes.values():
+            lane.shutdown(cancel_futures=cancel)
+
+
+class _ShardWriter:
+    def __init__(self, path: Path, streamer: _Streamer) -> None:
+        self.path, self.streamer = path, streamer
+        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.sha, self.written = hashlib.sha256(), 0
+
+    def write(self, data: memoryview) -> None:
+        self.streamer.hash(self.path.parent, self.sha.update, data)
+        write_all(self.fd, data)
+        self.written += len(data)
+
+    def close(self, size: int) -> Future:
+        os.close(self.fd)
+        if self.written != size:
+            raise AssertionError(f"{self.path}: wrote {self.written} of {size} bytes")
+        return self.streamer.lanes.submit(self.path.parent, self.sha.hexdigest)
+
+
+class _Streamer:
+    def __init__(
+        self, alphas: list[float], chunk_bytes: int, inputs: list[Path], total: int, progress: bool
+    ) -> None:
+        self.alphas, self.budget = alphas, chunk_bytes // 2
+        # pages are only touched (and counted as resident) as pieces use them
+        self.halves = [np.empty(self.budget + 8 * _ALIGN, np.uint8) for _ in range(2)]
+        self.half, self.pending = 0, [[], []]
+        self.inputs = {p: InputHash(p) for p in inputs if p.suffix == ".safetensors"}
+        self.other_inputs = [p for p in inputs if p.suffix != ".safetensors"]
+        self.fds: dict[Path, int] = {}
+        self.combiner, self.lanes = Combiner(), _Lanes()
+        self.bar = _progress(total) if progress else None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, exc_type, *exc) -> None:
+        self.combiner.close()
+        self.lanes.close(cancel=exc_type is not None)
+        for fd in self.fds.values():
+            os.close(fd)
+        if self.bar is not None:
+            self.bar.stop()
+
+    def hash(self, lane: Path, update, data: memoryview) -> None:
+        self.pending[self.half].append(self.lanes.submit(lane, update, data))
+
+    def input_hashes(self) -> dict[Path, str]:
+        jobs = {p: self.lanes.submit(p.parent, h.hexdigest) for p, h in self.inputs.items()}
+        jobs |= {p: self.lanes.submit(p.parent, file_sha256, p) for p in self.other_inputs}
+        return {p: job.result() for p, job in jobs.items()}
+
+    def tensor(self, t: TensorPlan, writers: list[_ShardWriter]) -> None:
+        out, itemsize = t.out, ITEMSIZE[t.out.dtype]
+        row_bytes = out.row_elems * itemsize
+        if out.nbytes == 0:
+            return
+        factors = self._factors(t) if t.lora else None
+        sources = [_source(t, a) for a in self.alphas]
+        computed = [a for a, s in zip(self.alphas, sources) if s == "compute"]
+        per_row = row_bytes * (1 + (t.tuned is not None) + len(computed))
+        per_row += out.row_elems * 8 if t.lora else 0  # float32/64 delta
+        rows = max(1, self.budget // per_row)
+        for r0 in range(0, t.base.rows, rows):
+            self._merge_rows(
+                t, r0, min(t.base.rows, r0 + rows), factors, sources, computed, writers
+            )
+        tail_rows = max(1, self.budget // row_bytes)
+        for r0 in range(t.base.rows, out.rows, tail_rows):  # new tokens: the tuned rows as they are
+            (buf,) = self._carve((min(out.rows, r0 + tail_rows) - r0) * row_bytes)
+            self._read(t.tuned, r0 * row_bytes, buf)
+            for w in writers:
+                w.write(memoryview(buf))
+            self._advance(buf.nbytes)
+
+    def _merge_rows(self, t, r0, r1, factors, sources, computed, writers) -> None:
+        row_bytes = t.base.row_elems * ITEMSIZE[t.base.dtype]
+        nbytes = (r1 - r0) * row_bytes
+        n_delta = (r1 - r0) * t.base.row_elems * 8 if t.lora else 0
+        base_buf, tuned_buf, delta_buf, *out_bufs = self._carve(
+            nbytes, nbytes if t.tuned else 0, n_delta, *[nbytes] * len(computed)
+        )
+        self._read(t.base, r0 * row_bytes, base_buf)
+        if t.tuned is not None:
+            self._read(t.tuned, r0 * row_bytes, tuned_buf)
+        if computed:
+            codec, delta = CODECS[t.base.dtype], None
+            if factors is not None:
+                left, right = factors
+                delta = delta_buf.view(codec.compute)[: (r1 - r0) * t.base.row_elems]
+                np.matmul(left[r0:r1], right, out=delta.reshape(r1 - r0, -1))
+            raw = codec.raw
+            self.combiner.combine(
+                codec, base_buf.view(raw), tuned_buf.view(raw) if t.tuned else None, delta,
+                computed, [b.view(raw) for b in out_bufs],
+            )  # fmt: skip
+        by_alpha = iter(out_bufs)
+        for w, source in zip(writers, sources):
+            buf = (
+                next(by_alpha)
+                if source == "compute"
+                else base_buf
+                if source == "base"
+                else tuned_buf
+            )
+            w.write(memoryview(buf))
+        self._advance(nbytes)
+
+    def _factors(self, t: TensorPlan) -> tuple[np.ndarray, np.ndarray]:
+        """(left, right) with delta rows = left[rows] @ right, the LoRA scale folded into left."""
+        f, compute = t.lora, CODECS[t.base.dtype].compute
+        a, b = _load_float(f.a, compute), _load_float(f.b, compute)
+        if f.embedding:  # PEFT: delta = (B @ A).T for an Embedding
+            return np.ascontiguousarray(a.T) * compute.type(f.scale), np.ascontiguousarray(b.T)
+        return b * compute.type(f.scale), a
+
+    def _carve(self, *sizes: int) -> list[np.ndarray]:
+        """Views into the next arena half, once the hashing of its previous bytes is done."""
+        self.half ^= 1
+        for job in self.pending[self.half]:
+            job.result()
+        self.pending[self.half].clear()
+        offsets = np.cumsum([0] + [-(-s // _ALIGN) * _ALIGN for s in sizes])
+        if offsets[-1] > self.halves[self.half].size:  # a single row wider than the budget
+            self.halves[self.half] = np.empty(offsets[-1], np.uint8)
+        return [self.halves[self.half][o : o + s] for o, s in zip(offsets, sizes)]
+
+    def _read(self, ref: TensorRef, byte_start: int, buf: np.ndarray) -> None:
+        if ref.file not in self.fds:
+            self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
+        read_into(self.fds[ref.file], ref.offset + byte_start, memoryview(buf), ref.file)
+        self.hash(
+            ref.file.parent,
+            partial(self.inputs[ref.file].feed, ref.offset + byte_start),
+            memoryview(buf),
+        )
+
+    def _advance(self, n: int) -> None:
+        if self.bar is not None:
+            self.bar.advance(self.bar.task_ids[0], n)
+
+
+def _source(t: TensorPlan, alpha: float) -> str:
+    """Where an output's values come from: exact endpoints need no arithmetic."""
+    if alpha == 0.0 or (t.tuned is None and t.lora is None) or t.base.dtype not in FLOAT_DTYPES:
+        return "base"  # non-float tensors were checked to be identical
+    if alpha == 1.0 and t.lora is None:
+        return "tuned"
+    return "compute"
+
+
+def _load_float(ref: TensorRef, compute: np.dtype) -> np.ndarray:
+    codec = CODECS[ref.dtype]
+    raw = load_raw(ref).view(codec.raw)
+    return (
+        codec.decode(raw, np.empty(raw.size, codec.compute))
+        .astype(compute, copy=False)
+        .reshape(ref.shape)
+    )
+
+
+def _progress(total: int):
+    from rich.progress import (
+        BarColumn,
+        DownloadColumn,
+        Progress,
+        TimeRemainingColumn,
+        TransferSpeedColumn,
+    )
+
+    bar = Progress(
+        "merging", BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn()
+    )
+    bar.add_task("merge", total=total)
+    bar.start()
+    return bar
