@@ -17,7 +17,7 @@ from docthink.models.base import (
     UsageMeter,
 )
 from docthink.models.cache import CachedModel, RequestCache
-from docthink.models.specs import ModelSpec, OpenAIModelSpec, TeacherSpec
+from docthink.models.specs import LocalModelSpec, ModelSpec, OpenAIModelSpec, TeacherSpec
 from docthink.models.teacher import ExtractiveTeacher, PageTextSource
 
 
@@ -25,6 +25,10 @@ def build_model(spec: ModelSpec, *, pages: PageTextSource) -> ChatModel:
     """The model a recipe names. `pages` is the text layer the offline teacher reads."""
     if spec.kind == "teacher":
         return ExtractiveTeacher(spec, pages)
+    if spec.kind == "local":
+        from docthink.models.local import LocalModel
+
+        return LocalModel(spec)
     from docthink.models.openai_compat import OpenAICompatModel
 
     return OpenAICompatModel(spec)
@@ -37,6 +41,7 @@ __all__ = [
     "ChatResult",
     "ExtractiveTeacher",
     "ImagePart",
+    "LocalModelSpec",
     "Message",
     "ModelSpec",
     "OpenAIModelSpec",

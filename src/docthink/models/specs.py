@@ -8,6 +8,8 @@ from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_serializer
 
+from docthink.models.local import LocalModelSpec
+
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
@@ -50,4 +52,4 @@ class TeacherSpec(_Spec):
     )
 
 
-ModelSpec = Annotated[OpenAIModelSpec | TeacherSpec, Field(discriminator="kind")]
+ModelSpec = Annotated[OpenAIModelSpec | TeacherSpec | LocalModelSpec, Field(discriminator="kind")]
