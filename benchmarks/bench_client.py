@@ -22,10 +22,7 @@ import base64
 import hashlib
 import os
 import platform
-import socket
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
@@ -41,6 +38,7 @@ from docthink.models.base import ChatRequest, ChatResult, ImagePart, Message, Te
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.openai_compat import OpenAICompatModel
 from docthink.models.specs import EndpointSpec, OpenAIModelSpec
+from _servers import free_port, start_servers
 
 COMPLETION = orjson.dumps(
     {
@@ -74,25 +72,6 @@ def serve(port: int) -> None:
         app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
         backlog=1024,
     )  # fmt: skip
-
-
-def start_servers(port: int, n: int) -> list[subprocess.Popen[bytes]]:
-    servers = [subprocess.Popen([sys.executable, __file__, "--serve", str(port)]) for _ in range(n)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            time.sleep(0.5)  # let the other processes bind too
-            return servers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("benchmark server did not start")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_images(folder: Path, n: int = 4) -> list[ImagePart]:
@@ -199,7 +178,7 @@ def measure(session: Callable, n: int, concurrency: int, servers: list[psutil.Pr
 
 def bench_clients(args: argparse.Namespace, folder: Path) -> None:
     port = free_port()
-    servers = start_servers(port, args.servers)
+    servers = start_servers(__file__, port, args.servers)
     url = f"http://127.0.0.1:{port}/v1"
     images = make_images(folder)
     size = len(base64.b64encode(images[0].path.read_bytes()))

@@ -28,7 +28,6 @@ import os
 import platform
 import pstats
 import shutil
-import socket
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from docthink.corpus import Corpus, ingest
 from docthink.corpus.samples import write_sample_pdfs
 from docthink.recipe import SynthRecipe
 from docthink.synth import pipeline
+from _servers import free_port, start_servers
 
 GOAL = 500.0  # evidence requests/s on 2 cores
 
@@ -93,25 +93,6 @@ def serve(port: int) -> None:
     app.router.add_post("/v1/chat/completions", chat)
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
                 backlog=1024)  # fmt: skip
-
-
-def start_servers(port: int, n: int) -> list[subprocess.Popen[bytes]]:
-    servers = [subprocess.Popen([sys.executable, __file__, "--serve", str(port)]) for _ in range(n)]
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            time.sleep(0.5)  # let the other processes bind too
-            return servers
-        except OSError:
-            time.sleep(0.1)
-    raise RuntimeError("benchmark server did not start")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def make_corpus(work: Path, docs: int, min_requests: int) -> tuple[Path, Path, int]:
@@ -286,7 +267,7 @@ def main() -> None:
         corpus, questions, pages = make_corpus(work, args.docs, args.min_requests)
         load_before = os.getloadavg()[0]
         port = free_port()
-        servers = start_servers(port, args.servers)
+        servers = start_servers(__file__, port, args.servers)
         procs = [psutil.Process(s.pid) for s in servers]
         url = f"http://127.0.0.1:{port}/v1"
         results: dict[str, list[RunResult]] = {"cold": [], "warm": []}
