@@ -1,0 +1,179 @@
+"""Data cards of `docthink questions` and `docthink tasks`: counts, what was dropped and why, and
+the context length distribution of each mixture component against the recipe's range."""
+
+from __future__ import annotations
+
+import statistics
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+
+from docthink.synth.card import bar_chart
+from docthink.synth.question_recipe import ContextSettings
+from docthink.synth.questions_gen import QuestionsResult
+from docthink.synth.tasks_free import TasksResult
+
+BINS = 8
+
+
+def length_bins(lengths: Sequence[int], low: int, high: int) -> tuple[list[str], list[int]]:
+    """Histogram of `lengths` over [low, high] in at most `BINS` equal integer bins."""
+    width = max(1, -(-(high - low + 1) // BINS))
+    edges = list(range(low, high + 1, width))
+    labels = [f"{e}-{min(e + width - 1, high)}" if width > 1 else str(e) for e in edges]
+    counts = [sum(e <= n <= e + width - 1 for n in lengths) for e in edges]
+    return labels, counts
+
+
+def _table(title: str, counts: dict[str, int] | Counter[str]) -> list[str]:
+    rows = [f"| {title} | count |", "|---|---|"]
+    return rows + [f"| {key} | {count} |" for key, count in sorted(counts.items())]
+
+
+def context_section(
+    lengths: dict[str, list[int]], settings: ContextSettings, out: Path
+) -> list[str]:
+    """Per component: requested weight vs share, length range vs observed, a histogram."""
+    total = sum(len(v) for v in lengths.values()) or 1
+    weight_sum = sum(c.weight for c in settings.components().values())
+    lines = [
+        ("| component | weight share | observed share | pages range (recipe) | observed min | "
+        "median | max | questions |"),
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    charts = []
+    for name, component in settings.components().items():
+        observed = lengths.get(name, [])
+        stats = (
+            (min(observed), statistics.median(observed), max(observed)) if observed else ("-",) * 3
+        )
+        lines.append(
+            f"| {name} | {component.weight / weight_sum:.2f} | {len(observed) / total:.2f} |"
+            f" {component.pages[0]}-{component.pages[1]} | {stats[0]} | {stats[1]} | {stats[2]} |"
+            f" {len(observed)} |"
+        )
+        labels, counts = length_bins(observed, *component.pages)
+        chart = f"card_context_{name}.png"
+        bar_chart(f"context pages: {name} (recipe {component.pages[0]}-{component.pages[1]})",
+                  labels, counts, out / chart)
+        charts.append(f"![{name}]({chart})")
+    return [*lines, "", *charts]
+
+
+def write_questions_card(
+    result: QuestionsResult,
+    settings: ContextSettings,
+    out: Path,
+    *,
+    recipe_hash: str,
+    usage: dict[str, dict[str, object]],
+) -> Path:
+    counts = result.counts()
+    lengths: dict[str, list[int]] = {}
+    for q in result.questions:
+        assert q.context is not None  # every kept question has its context
+        lengths.setdefault(q.context.kind, []).append(len(q.context.pages))
+    gap = result.gap.as_dict()
+    lines = [
+        "# Data card: questions and long contexts",
+        "",
+        f"Recipe hash: `{recipe_hash}`. Writer: `{result.writer}`. Judge: `{result.judge}`.",
+        "",
+        "## Index",
+        "",
+        (f"- embedder `{result.index.embedder}`: {counts['indexed_pages']} pages indexed, "
+        f"{counts['pages_embedded']} embedded in this run, {counts['textless_pages']} without "
+        f"a text layer (left out), {counts['excluded_documents']} documents excluded"),
+        (f"- hard negatives vs random other-document pages (top {gap['top_k']}, "
+        f"{gap['pages']} pages): mean cosine {gap['hard_mean']} vs {gap['random_mean']}, "
+        f"gap {gap['gap']}"),
+        "",
+        "## Questions",
+        "",
+        *_table("kind", Counter(q.kind for q in result.questions)),
+        "",
+        *_table("question type", Counter(q.qtype for q in result.questions)),
+        "",
+        *_table("answer format", Counter(q.answer_format for q in result.questions)),
+        "",
+        *_table("generator", Counter(q.generator for q in result.questions)),
+        "",
+        "## Dropped, and why",
+        "",
+        *_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped)),
+        "",
+        (f"Judge requests: {counts['judge_requests']}; questions rejected by the judge: "
+        f"{counts['judge_rejected']}."),
+        "",
+        "## Context length per mixture component",
+        "",
+        *context_section(lengths, settings, out),
+        "",
+        "## Requests",
+        "",
+        "| model | requests | cache hits | failures | prompt tokens | completion tokens |",
+        "|---|---|---|---|---|---|",
+        *[
+            f"| {stage} | {u['requests']} | {u['cache_hits']} | {u['failures']} |"
+            f" {u['prompt_tokens']} | {u['completion_tokens']} |"
+            for stage, u in usage.items()
+        ],
+        "",
+    ]
+    path = out / "card.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path
+
+
+def write_tasks_card(
+    result: TasksResult, out: Path, *, recipe_hash: str, exports: dict[str, dict[str, int]]
+) -> Path:
+    counts = result.counts()
+    lengths: dict[str, list[int]] = {}
+    for row in result.rows:
+        lengths.setdefault(row.task, []).append(len(row.context))
+    charts = []
+    for task, observed in sorted(lengths.items()):
+        labels, values = length_bins(observed, min(observed), max(observed))
+        bar_chart(f"pages shown: {task}", labels, values, out / f"card_task_{task}.png")
+        charts.append(f"![{task}](card_task_{task}.png)")
+    printed_docs = {d: p for d, p in result.printed.items() if p}
+    lines = [
+        "# Data card: model-free tasks",
+        "",
+        f"Recipe hash: `{recipe_hash}`.",
+        "",
+        "## Tasks",
+        "",
+        *_table("task", Counter(r.task for r in result.rows)),
+        "",
+        "## Dropped, and why",
+        "",
+        *_table("task: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped)),
+        "",
+        "## Printed page numbers (they give the unshuffle answer away)",
+        "",
+        (f"{counts['pages_with_printed_page_numbers']} pages of "
+        f"{counts['documents_with_printed_page_numbers']} documents print their page number; "
+        f"{counts['unshuffle_with_printed_page_numbers']} unshuffle tasks show such pages "
+        "(listed in printed_page_numbers.jsonl, flagged in each task's meta)."),
+        "",
+        "| document | pages with a printed number | offset (printed - physical) |",
+        "|---|---|---|",
+        *[
+            f"| {doc} | {len(pages)} | {sorted({v - k for k, v in pages.items()})} |"
+            for doc, pages in sorted(printed_docs.items())
+        ],
+        "",
+        "## Pages shown per task",
+        "",
+        *charts,
+        "",
+        "## Exports",
+        "",
+        *[f"- {fmt}: {c['examples']} examples, {c['images']} images" for fmt, c in exports.items()],
+        "",
+    ]
+    path = out / "card.md"
+    path.write_text("\n".join(lines), encoding="utf-8")
+    return path

@@ -1,0 +1,539 @@
+"""`docthink questions`: a corpus -> single-page, multi-page and unanswerable questions, each
+widened into a long context, written as rows `docthink synth --questions` reads.
+
+Stages, in order (each a plain function; failures are per-row records, counted):
+1. index: text-layer embeddings of every page of every non-excluded document, ranked hard
+   negatives from other documents (`embed`, `negatives`);
+2. single-page: pages with at least `min_words` words (weaker pages are skipped) get a sampled
+   specification (type, answer format, length, difficulty, 1-5 questions; each field drawn from
+   (seed, page, field)); the writer writes 1-5 questions, one is kept (drawn from the seed);
+3. multi-page: seeds of 2-17 consecutive pages; the writer writes questions that need two or more
+   of them; the judge answers each kept question once per seed page, from that page alone; a page
+   whose answer matches the reference answer rejects the question (dropped, counted);
+4. unanswerable: a seeded share of single-page questions gets a twin with a context built without
+   its source page and the answer `Not answerable`; the judge answers it on every context page and
+   a page that gives the original answer rejects the twin;
+5. contexts: every question gets its long context (`contexts`).
+
+Writers (`question_writers`): a model through the model layer, or, when the recipe's generator
+is the teacher spec, the offline extractive writer. Each question records the writer that made
+it. The judge is any model through the model layer (offline: the extractive teacher), one request
+per (question, page), a `ShortAnswer` compared with `answers_match`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from decimal import Decimal, InvalidOperation
+from pathlib import Path
+from typing import Literal, cast
+
+from docthink.corpus import Corpus
+from docthink.engine.local import run_requests
+from docthink.models import CachedModel, ChatModel, RequestCache, build_model
+from docthink.models.base import (
+    ChatRequest,
+    ChatResult,
+    ImagePart,
+    Message,
+    PageRef,
+    RequestFailure,
+    TextPart,
+)
+from docthink.models.tasks import ShortAnswer
+from docthink.models.teacher import NOT_ANSWERABLE
+from docthink.progress import progress
+from docthink.synth import extractive_questions as ex
+from docthink.synth.choice import uniform
+from docthink.synth.contexts import Context, ContextSource, build_context
+from docthink.synth.embed import PageIndex, page_words
+from docthink.synth.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap
+from docthink.synth.prompts import prompt
+from docthink.synth.question_recipe import QuestionsRecipe
+from docthink.synth.question_writers import (
+    Draft,
+    ExtractiveWriter,
+    ModelWriter,
+    Spec,
+    Writer,
+    sample_spec,
+)
+from docthink.synth.rows import Dropped
+from docthink.synth.sampling import rng
+
+Kind = Literal["single", "multi", "unanswerable"]
+
+
+@dataclass(frozen=True)
+class GeneratedQuestion:
+    qid: str
+    kind: Kind
+    doc_id: str
+    question: str
+    answer: str
+    answer_format: str
+    qtype: str
+    origin: tuple[PageRef, ...]  # the pages it was written from
+    generator: str
+    spec: Spec
+    context: Context | None = None
+
+    @property
+    def source(self) -> tuple[PageRef, ...]:
+        """The pages that answer it within its context: none for an unanswerable question."""
+        return () if self.kind == "unanswerable" else self.origin
+
+    def row(self) -> dict[str, object]:
+        assert self.context is not None  # rows are written after contexts are built
+        return {
+            "qid": self.qid,
+            "doc_id": self.doc_id,
+            "question": self.question,
+            "source_pages": [[r.doc_id, r.page] for r in self.source],
+            "context_pages": [[r.doc_id, r.page] for r in self.context.pages],
+            "answer": self.answer,
+            "answer_format": self.answer_format,
+            "kind": self.kind,
+            "question_type": self.qtype,
+            "generator": self.generator,
+            "spec": self.spec.as_dict(),
+            "origin_pages": [[r.doc_id, r.page] for r in self.origin],
+            "context_kind": self.context.kind,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class Judgement:
+    qid: str
+    page: PageRef
+    reply: str
+    answers: bool  # the reply matches the reference answer
+    failure: str | None = None
+
+
+# -- the judge ----------------------------------------------------------------------------------
+
+
+def judge_request(image: ImagePart, question: str, max_tokens: int) -> ChatRequest:
+    return ChatRequest(
+        messages=(
+            Message.text("system", prompt("questions_judge_system").text),
+            Message("user", (image, TextPart(question))),
+        ),
+        response_model=ShortAnswer,
+        temperature=0.0,
+        max_tokens=max_tokens,
+        purpose="judge",
+    )
+
+
+_NUMERIC_ANSWER = re.compile(r"[$€£]?\s*(-?\d[\d,]*(?:\.\d+)?)\s*%?")
+
+
+def _normal(text: str) -> str:
+    return " ".join(text.strip().strip(".").lower().split())
+
+
+def _number(text: str) -> Decimal | None:
+    match = _NUMERIC_ANSWER.fullmatch(text.strip().strip("."))
+    if match is None:
+        return None
+    try:
+        return Decimal(match.group(1).replace(",", ""))
+    except InvalidOperation:
+        return None
+
+
+def answers_match(reply: str, reference: str) -> bool:
+    """Whether a judge's reply gives the reference answer: equal after normalising case, spaces
+    and a final period; equal as numbers (separators, currency and % ignored); or, for a text
+    reference, every item of it (a List's items, else the whole) found in the reply as words."""
+    reply_n, reference_n = _normal(reply), _normal(reference)
+    if not reply_n or reply_n == _normal(NOT_ANSWERABLE):
+        return False
+    if reply_n == reference_n:
+        return True
+    a, b = _number(reply), _number(reference)
+    if b is not None:
+        return a is not None and a == b
+    items = re.findall(r"'([^']*)'", reference) if reference.startswith("[") else [reference]
+    return all(
+        re.search(rf"(?<!\w){re.escape(_normal(item))}(?!\w)", reply_n) for item in items if item
+    )
+
+
+async def judge(
+    model: ChatModel,
+    images: dict[PageRef, ImagePart],
+    items: Sequence[tuple[str, str, str, Sequence[PageRef]]],
+    *,
+    concurrency: int,
+    max_tokens: int,
+    show_progress: bool,
+) -> list[Judgement]:
+    """One request per (question, page): the page alone, then the question."""
+    pairs = [(qid, q, answer, ref) for qid, q, answer, pages in items for ref in pages]
+    requests = [judge_request(images[ref], q, max_tokens) for _, q, _, ref in pairs]
+    with progress("judge", len(requests), show_progress) as bar:
+        results = await run_requests(model, requests, concurrency=concurrency, on_done=bar.advance)
+    judgements = []
+    for (qid, _, answer, ref), result in zip(pairs, results, strict=True):
+        if isinstance(result, RequestFailure):
+            judgements.append(Judgement(qid, ref, "", False, failure=result.reason))
+            continue
+        reply = cast(ShortAnswer, cast(ChatResult, result).parsed).answer
+        judgements.append(Judgement(qid, ref, reply, answers_match(reply, answer)))
+    return judgements
+
+
+def verdicts(judgements: Sequence[Judgement]) -> dict[str, str | None]:
+    """qid -> why it is rejected (a judge request failed, or a page answers it alone), or None."""
+    by_qid: dict[str, list[Judgement]] = {}
+    for j in judgements:
+        by_qid.setdefault(j.qid, []).append(j)
+    out: dict[str, str | None] = {}
+    for qid, rows in by_qid.items():
+        failure = next((j.failure for j in rows if j.failure is not None), None)
+        if failure is not None:
+            out[qid] = f"judge request failed: {failure.split(':', 1)[0]}"
+        elif any(j.answers for j in rows):
+            out[qid] = "judge: a single page answers it"
+        else:
+            out[qid] = None
+    return out
+
+
+# -- the pipeline -------------------------------------------------------------------------------
+
+
+@dataclass
+class QuestionsResult:
+    index: PageIndex
+    negatives: HardNegatives
+    gap: SimilarityGap
+    excluded: list[str]
+    writer: str
+    judge: str
+    questions: list[GeneratedQuestion] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    judgements: list[Judgement] = field(default_factory=list)
+
+    def counts(self) -> dict[str, object]:
+        return {
+            "documents": len({r.doc_id for r in self.index.refs}),
+            "excluded_documents": len(self.excluded),
+            "indexed_pages": len(self.index.refs),
+            "textless_pages": len(self.index.textless),
+            "pages_embedded": self.index.embedded,
+            "questions": len(self.questions),
+            "by_kind": dict(sorted(Counter(q.kind for q in self.questions).items())),
+            "by_generator": dict(sorted(Counter(q.generator for q in self.questions).items())),
+            "by_context": dict(
+                sorted(Counter(q.context.kind for q in self.questions if q.context).items())
+            ),
+            "judge_requests": len(self.judgements),
+            "judge_rejected": sum(d.reason.startswith("judge: ") for d in self.dropped),
+            "dropped": dict(
+                sorted(Counter(f"{d.stage}: {d.reason}" for d in self.dropped).items())
+            ),
+            "similarity_gap": self.gap.as_dict(),
+        }
+
+
+def question_models(
+    recipe: QuestionsRecipe, corpus: Corpus, cache: RequestCache
+) -> tuple[ChatModel | None, ChatModel]:
+    """(generator model or None for the extractive writer, judge), each behind the cache."""
+    generator_spec, judge_spec = recipe.models.generator, recipe.models.judge
+    judge_model = CachedModel(build_model(judge_spec, pages=corpus), cache)
+    if generator_spec.kind == "teacher":
+        return None, judge_model
+    return CachedModel(build_model(generator_spec, pages=corpus), cache), judge_model
+
+
+def _keep(seed: int, qid: str, drafts: Sequence[Draft]) -> Draft:
+    return drafts[int(uniform(seed, qid, "keep") * len(drafts))]
+
+
+def _single_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+) -> list[tuple[str, PageRef, Spec]]:
+    settings = recipe.single_page
+    items = []
+    for doc_id in doc_ids:
+        pages = []
+        for ref in corpus.document(doc_id).pages():
+            if page_words(corpus.page_text(ref)) < settings.min_words:
+                weak = Dropped(f"single:{ref}", "single", "weak page: too little text")
+                result.dropped.append(weak)
+            else:
+                pages.append(ref)
+        if settings.max_per_document is not None:
+            draw = rng(recipe.seed, doc_id, "single-pages")
+            pages = sorted(draw.sample(pages, min(len(pages), settings.max_per_document)),
+                           key=lambda r: r.page)
+        for ref in pages:
+            qid = f"single:{ref}"
+            items.append((qid, ref, sample_spec(recipe.seed, str(ref), settings.spec)))
+    return items
+
+
+def _seed_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+) -> list[tuple[str, tuple[PageRef, ...], Spec]]:
+    settings = recipe.multi_page
+    items = []
+    for doc_id in doc_ids:
+        n = corpus.n_pages(doc_id)
+        if n < 2:
+            continue
+        for k in range(settings.seeds_per_document):
+            qid = f"multi:{doc_id}#{k}"
+            draw = rng(recipe.seed, qid, "seed")
+            low, high = min(settings.pages[0], n), min(settings.pages[1], n)
+            length = draw.randint(low, high)
+            start = draw.randint(1, n - length + 1)
+            pages = tuple(PageRef(doc_id, p) for p in range(start, start + length))
+            strong = sum(page_words(corpus.page_text(r)) >= settings.min_words for r in pages)
+            if strong < 2:
+                result.dropped.append(Dropped(qid, "multi", "weak seed: under two pages with text"))
+                continue
+            items.append((qid, pages, sample_spec(recipe.seed, qid, recipe.single_page.spec)))
+    return items
+
+
+class _Stages:
+    """One `docthink questions` run: the stages share the writer, the judge, the page images
+    rendered so far and the result they fill."""
+
+    def __init__(
+        self,
+        recipe: QuestionsRecipe,
+        corpus: Corpus,
+        judge_model: ChatModel,
+        result: QuestionsResult,
+        log: logging.Logger,
+        show_progress: bool,
+    ) -> None:
+        self.recipe = recipe
+        self.corpus = corpus
+        self.judge_model = judge_model
+        self.result = result
+        self.log = log
+        self.show_progress = show_progress
+        self.images: dict[PageRef, ImagePart] = {}
+
+    def render(self, refs: set[PageRef]) -> None:
+        missing = sorted(refs - self.images.keys(), key=lambda r: (r.doc_id, r.page))
+        if missing:
+            parts = self.corpus.ensure_images(
+                missing, self.recipe.image, self.recipe.workers, self.show_progress
+            )
+            self.images.update(zip(missing, parts, strict=True))
+
+    def drop(self, qid: str, stage: str, reason: str) -> None:
+        self.result.dropped.append(Dropped(qid, stage, reason))
+
+    async def judged(
+        self, items: Sequence[tuple[GeneratedQuestion, str, Sequence[PageRef]]]
+    ) -> list[GeneratedQuestion]:
+        """The questions no page answers alone: (question, reference answer, pages to try)."""
+        self.render({r for _, _, pages in items for r in pages})
+        judgements = await judge(
+            self.judge_model, self.images,
+            [(q.qid, q.question, reference, pages) for q, reference, pages in items],
+            concurrency=self.recipe.concurrency, max_tokens=self.recipe.max_tokens,
+            show_progress=self.show_progress,
+        )
+        self.result.judgements.extend(judgements)
+        rejected = verdicts(judgements)
+        kept = []
+        for question, _, _ in items:
+            reason = rejected[question.qid]
+            if reason is None:
+                kept.append(question)
+            else:
+                self.drop(question.qid, question.kind, reason)
+        return kept
+
+    def unique(self, questions: Sequence[GeneratedQuestion]) -> list[GeneratedQuestion]:
+        """The first of questions with the same text in a document (overlapping seeds, a
+        sentence printed on two pages); the others are dropped and counted."""
+        seen: set[tuple[str, str]] = set()
+        unique = []
+        for question in questions:
+            key = (question.doc_id, question.question)
+            if key in seen:
+                self.drop(question.qid, question.kind, "duplicate question")
+            else:
+                seen.add(key)
+                unique.append(question)
+        return unique
+
+    async def single_page(
+        self, writer: Writer, items: Sequence[tuple[str, PageRef, Spec]]
+    ) -> list[GeneratedQuestion]:
+        questions = []
+        for (qid, ref, spec), outcome in zip(items, await writer.single(items), strict=True):
+            if isinstance(outcome, str):
+                self.drop(qid, "single", outcome)
+                continue
+            draft = _keep(self.recipe.seed, qid, outcome)
+            questions.append(GeneratedQuestion(
+                qid, "single", ref.doc_id, draft.question, draft.answer, draft.answer_format,
+                draft.qtype, draft.source, writer.name, spec,
+            ))
+        questions = self.unique(questions)
+        self.log.info("single-page: %d questions from %d pages", len(questions), len(items))
+        return questions
+
+    async def multi_page(
+        self, writer: Writer, items: Sequence[tuple[str, tuple[PageRef, ...], Spec]]
+    ) -> list[GeneratedQuestion]:
+        drafted, seeds = [], {}
+        for (qid, pages, spec), outcome in zip(items, await writer.multi(items), strict=True):
+            if isinstance(outcome, str):
+                self.drop(qid, "multi", outcome)
+                continue
+            draft = _keep(self.recipe.seed, qid, outcome)
+            seeds[qid] = pages
+            drafted.append(GeneratedQuestion(
+                qid, "multi", pages[0].doc_id, draft.question, draft.answer, draft.answer_format,
+                draft.qtype, draft.source, writer.name, spec,
+            ))
+        drafted = self.unique(drafted)
+        # Every page of the seed, not only those the writer named: no single page may answer.
+        kept = await self.judged([(q, q.answer, seeds[q.qid]) for q in drafted])
+        self.log.info("multi-page: %d kept of %d judged", len(kept), len(drafted))
+        return kept
+
+    async def unanswerable(
+        self, singles: Sequence[GeneratedQuestion], source: ContextSource
+    ) -> list[GeneratedQuestion]:
+        recipe = self.recipe
+        items = []
+        for question in singles:
+            if uniform(recipe.seed, question.qid, "unanswerable") >= recipe.unanswerable.share:
+                continue
+            qid = question.qid.replace("single:", "unanswerable:", 1)
+            context = build_context(qid, question.origin, source, recipe.contexts, recipe.seed,
+                                    drop_source=True)
+            if context is None:
+                self.drop(qid, "context", "no context component fits")
+                continue
+            twin = replace(question, qid=qid, kind="unanswerable", answer=NOT_ANSWERABLE,
+                           answer_format="None", context=context)
+            items.append((twin, question.answer, context.pages))
+        # A context page that gives the original answer makes the twin answerable after all.
+        return await self.judged(items)
+
+    def with_contexts(
+        self, questions: Sequence[GeneratedQuestion], source: ContextSource
+    ) -> list[GeneratedQuestion]:
+        widened = []
+        for question in questions:
+            context = build_context(question.qid, question.origin, source, self.recipe.contexts,
+                                    self.recipe.seed)
+            if context is None:
+                self.drop(question.qid, "context", "no context component fits")
+            else:
+                widened.append(replace(question, context=context))
+        return widened
+
+
+async def make_questions(
+    recipe: QuestionsRecipe,
+    corpus: Corpus,
+    generator: ChatModel | None,
+    judge_model: ChatModel,
+    log: logging.Logger,
+    show_progress: bool = False,
+) -> QuestionsResult:
+    index, negatives, excluded = build_index(
+        corpus, recipe.embedding, recipe.decontamination, log
+    )
+    gap = similarity_gap(index, negatives, recipe.seed)
+    log.info("similarity gap (top 8 hard negatives vs random): %s", gap.as_dict())
+    doc_ids = sorted(set(corpus.documents) - set(excluded))
+    writer_name = ex.WRITER_NAME if generator is None else generator.name
+    result = QuestionsResult(index, negatives, gap, excluded, writer_name, judge_model.name)
+    stages = _Stages(recipe, corpus, judge_model, result, log, show_progress)
+
+    singles = _single_items(recipe, corpus, doc_ids, result) if recipe.single_page.enabled else []
+    seeds = _seed_items(recipe, corpus, doc_ids, result) if recipe.multi_page.enabled else []
+    writer: Writer
+    if generator is None:
+        writer = ExtractiveWriter(corpus, recipe.seed)
+    else:
+        stages.render({ref for _, ref, _ in singles} | {r for _, pages, _ in seeds for r in pages})
+        writer = ModelWriter(generator, stages.images, temperature=recipe.temperature,
+                             max_tokens=recipe.max_tokens, concurrency=recipe.concurrency)
+
+    single_questions = await stages.single_page(writer, singles)
+    multi_questions = await stages.multi_page(writer, seeds)
+    source = ContextSource(index, negatives, {d: corpus.n_pages(d) for d in doc_ids})
+    unanswerable = await stages.unanswerable(single_questions, source)
+    result.questions = sorted(
+        [*stages.with_contexts([*single_questions, *multi_questions], source), *unanswerable],
+        key=lambda q: q.qid,
+    )
+    result.dropped.sort(key=lambda d: (d.qid, d.stage))
+    return result
+
+
+def write_questions(result: QuestionsResult, out: Path) -> Path:
+    """questions.jsonl (the input of `docthink synth`), dropped.jsonl, judgements.jsonl and the
+    index (vectors, page ids, ranked negatives)."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / "questions.jsonl"
+    with path.open("w", encoding="utf-8") as f:
+        for question in result.questions:
+            f.write(json.dumps(question.row(), ensure_ascii=False) + "\n")
+    with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
+        for d in result.dropped:
+            f.write(json.dumps({"qid": d.qid, "stage": d.stage, "reason": d.reason}) + "\n")
+    with (out / "judgements.jsonl").open("w", encoding="utf-8") as f:
+        for j in result.judgements:
+            row = {"qid": j.qid, "page": [j.page.doc_id, j.page.page], "reply": j.reply,
+                   "answers": j.answers, "failure": j.failure}
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+    folder = out / "index"
+    result.index.save(folder)
+    result.negatives.save(folder)
+    info = {
+        "embedder": result.index.embedder,
+        "pages": len(result.index.refs),
+        "dim": int(result.index.vectors.shape[1]),
+        "negatives_per_page": int(result.negatives.rows.shape[1]),
+        "textless_pages": [[r.doc_id, r.page] for r in result.index.textless],
+        "excluded_documents": result.excluded,
+        "similarity_gap": result.gap.as_dict(),
+    }
+    (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
+async def run_question_stages(
+    recipe: QuestionsRecipe,
+    corpus: Corpus,
+    cache: RequestCache,
+    log: logging.Logger,
+    show_progress: bool = False,
+) -> tuple[QuestionsResult, dict[str, dict[str, object]]]:
+    """Build the models, run every stage, close the models; usage per role."""
+    generator, judge_model = question_models(recipe, corpus, cache)
+    try:
+        result = await make_questions(recipe, corpus, generator, judge_model, log, show_progress)
+    finally:
+        for model in (generator, judge_model):
+            if model is not None:
+                await model.aclose()
+    usage = {"judge": judge_model.usage.as_dict()}
+    if generator is not None:
+        usage = {"generator": generator.usage.as_dict(), **usage}
+    return result, usage
