@@ -49,10 +49,9 @@ from docthink.models import (
     build_model,
 )
 from docthink.progress import progress
-from docthink.runs import start_run
+from docthink.runs import mark_output, parent_runs, start_run
 from docthink.synth.export import COT
 
-RUN_MARKER = "docthink_run.json"  # written into an output folder by every command: which run made it
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,9 +355,11 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> None:
 
 
 def _parents(recipe: EvalRecipe) -> list[str]:
-    if recipe.corpus is None or not (recipe.corpus / RUN_MARKER).exists():
-        return []
-    return [json.loads((recipe.corpus / RUN_MARKER).read_text())["run_id"]]
+    """The runs that made the corpus and, for a local checkpoint, the model (train or merge)."""
+    parents = parent_runs(recipe.corpus) if recipe.corpus is not None else []
+    if recipe.model.kind == "local":
+        parents += parent_runs(recipe.model.path)
+    return parents
 
 
 def run_eval(recipe: EvalRecipe, *, runs_dir: Path, registry_path: Path | None,
@@ -379,7 +380,7 @@ def run_eval(recipe: EvalRecipe, *, runs_dir: Path, registry_path: Path | None,
         run.add_output(result.predictions)
         for path in result.report_files:
             run.add_output(path)
-        (recipe.out / RUN_MARKER).write_text(json.dumps({"run_id": run.id, "kind": "eval"}) + "\n")
+        mark_output(recipe.out, run.id, "eval")
     return run.id, result
 
 

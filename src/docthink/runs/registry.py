@@ -8,11 +8,14 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
+from typing import Self
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: runs, their artifacts and their parents
@@ -50,6 +53,77 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (run_id, parent_id)
     );
     """,
+    # 2: free-form notes and tags; lookups for lineage (by parent, artifact path, evaluated
+    # model) and by date
+    """
+    CREATE TABLE notes (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        created_at TEXT NOT NULL,
+        author TEXT NOT NULL,
+        text TEXT NOT NULL
+    );
+    CREATE INDEX notes_run ON notes(run_id);
+    CREATE TABLE tags (
+        run_id TEXT NOT NULL REFERENCES runs(id),
+        tag TEXT NOT NULL,
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (run_id, tag)
+    );
+    CREATE INDEX tags_tag ON tags(tag);
+    CREATE INDEX run_parents_parent ON run_parents(parent_id);
+    CREATE INDEX runs_started ON runs(started_at);
+    CREATE INDEX artifacts_path ON artifacts(path);
+    CREATE INDEX runs_model ON runs(json_extract(recipe, '$.model.model'));
+    """,
+    # 3: the search index. `run_changes` is a log, filled by triggers, of the runs whose record,
+    # notes or tags changed: the indexer reads it to index only what is new. `search_docs` holds
+    # one text per run record, note or data row; `search_fts` indexes it (external content);
+    # `search_vectors` holds float32 embeddings keyed by the text's sha256 (equal texts share one).
+    """
+    CREATE TABLE run_changes (seq INTEGER PRIMARY KEY AUTOINCREMENT, run_id TEXT NOT NULL);
+    CREATE TRIGGER runs_inserted AFTER INSERT ON runs
+        BEGIN INSERT INTO run_changes (run_id) VALUES (new.id); END;
+    CREATE TRIGGER runs_updated AFTER UPDATE ON runs
+        BEGIN INSERT INTO run_changes (run_id) VALUES (new.id); END;
+    CREATE TRIGGER notes_inserted AFTER INSERT ON notes
+        BEGIN INSERT INTO run_changes (run_id) VALUES (new.run_id); END;
+    CREATE TRIGGER notes_deleted AFTER DELETE ON notes
+        BEGIN INSERT INTO run_changes (run_id) VALUES (old.run_id); END;
+    CREATE TRIGGER tags_inserted AFTER INSERT ON tags
+        BEGIN INSERT INTO run_changes (run_id) VALUES (new.run_id); END;
+    CREATE TRIGGER tags_deleted AFTER DELETE ON tags
+        BEGIN INSERT INTO run_changes (run_id) VALUES (old.run_id); END;
+    INSERT INTO run_changes (run_id) SELECT id FROM runs ORDER BY started_at;
+    CREATE TABLE search_docs (
+        id INTEGER PRIMARY KEY,
+        run_id TEXT NOT NULL,
+        source TEXT NOT NULL,            -- run | note | question | trace | answer | prediction
+        key TEXT NOT NULL,               -- which one: note id, qid, 'qid/branch', 'index/mode'
+        file TEXT,                       -- the data file it was read from (NULL: the registry)
+        text TEXT NOT NULL,
+        text_sha TEXT NOT NULL,
+        UNIQUE (run_id, source, key)
+    );
+    CREATE INDEX search_docs_file ON search_docs(run_id, file);
+    CREATE INDEX search_docs_sha ON search_docs(text_sha);
+    CREATE VIRTUAL TABLE search_fts USING fts5(
+        text, content='search_docs', content_rowid='id', tokenize='porter unicode61'
+    );
+    CREATE TABLE search_files (
+        run_id TEXT NOT NULL,
+        path TEXT NOT NULL,
+        fingerprint TEXT NOT NULL,       -- size and mtime when it was indexed
+        rows INTEGER NOT NULL,
+        PRIMARY KEY (run_id, path)
+    );
+    CREATE TABLE search_vectors (
+        text_sha TEXT PRIMARY KEY,
+        model TEXT NOT NULL,
+        vector BLOB NOT NULL             -- float32, normalized
+    );
+    CREATE TABLE search_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 )
 
 
@@ -58,12 +132,24 @@ def default_registry_path() -> Path:
     return Path(os.environ.get("DOCTHINK_REGISTRY", "runs/registry.sqlite"))
 
 
+def now_iso() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds")
+
+
 @dataclass(frozen=True)
 class Artifact:
     role: str
     path: str
     sha256: str
     size: int
+
+
+@dataclass(frozen=True)
+class Note:
+    id: int
+    created_at: str
+    author: str
+    text: str
 
 
 @dataclass(frozen=True)
@@ -85,35 +171,179 @@ class RunRecord:
     error: str | None
     artifacts: tuple[Artifact, ...]
     parents: tuple[str, ...]
+    notes: tuple[Note, ...] = ()
+    tags: tuple[str, ...] = ()
+
+    def outputs(self) -> tuple[Artifact, ...]:
+        return tuple(a for a in self.artifacts if a.role == "output")
+
+
+class FilterError(ValueError):
+    """A `runs list` filter that does not parse; the message shows the expected form."""
+
+
+_PATH_PART = re.compile(r"^([A-Za-z_][\w-]*)((?:\[\d+\])*)$")
+_METRIC = re.compile(r"^([A-Za-z_][\w.-]*)\s*(>=|<=|!=|=|>|<)\s*(\S+)$")
+_RELATIVE = re.compile(r"^(\d+)([dh])$")
+_METRIC_OPS = {">=": ">=", "<=": "<=", "!=": "!=", "=": "=", ">": ">", "<": "<"}
+
+
+def json_path(dotted: str) -> str:
+    """`trace.top_k` or `outs[0]` -> the SQLite JSON path `$."trace"."top_k"`."""
+    parts = []
+    for part in dotted.split("."):
+        match = _PATH_PART.match(part)
+        if match is None:
+            raise FilterError(f"{dotted!r}: not a field path like trace.top_k or outs[0]")
+        parts.append(f'."{match[1]}"{match[2]}')
+    return "$" + "".join(parts)
+
+
+def parse_where(text: str) -> tuple[str, object]:
+    """`trace.top_k=16` -> (JSON path, 16): a value that reads as a JSON number, true, false or
+    null is one (true matches as 1, as SQLite stores it); anything else is a string."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise FilterError(f"--where {text!r}: expected FIELD=VALUE, e.g. trace.top_k=16")
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError:
+        return json_path(name.strip()), value
+    if isinstance(parsed, (dict, list)):
+        raise FilterError(f"--where {text!r}: compare one field (a dotted path), not a whole "
+                          "object or list")
+    return json_path(name.strip()), parsed
+
+
+def parse_metric(text: str) -> tuple[str, str, float]:
+    """`acc>=0.4` -> (JSON path, '>=', 0.4)."""
+    match = _METRIC.match(text.strip())
+    if match is None:
+        raise FilterError(f"--metric {text!r}: expected NAME OP NUMBER, e.g. acc_cot>=0.4")
+    try:
+        value = float(match[3])
+    except ValueError:
+        raise FilterError(f"--metric {text!r}: {match[3]!r} is not a number") from None
+    return json_path(match[1]), _METRIC_OPS[match[2]], value
+
+
+def parse_when(text: str, *, end: bool) -> str:
+    """An ISO date or datetime, or `7d` / `12h` ago, as a bound on `started_at` (UTC ISO). A bare
+    date as an end bound means the end of that day."""
+    relative = _RELATIVE.match(text)
+    if relative is not None:
+        unit = {"d": "days", "h": "hours"}[relative[2]]
+        moment = datetime.now(UTC) - timedelta(**{unit: int(relative[1])})
+        return moment.isoformat(timespec="milliseconds")
+    try:
+        if len(text) == 10:
+            day = date.fromisoformat(text)
+            return (day + timedelta(days=1)).isoformat() if end else day.isoformat()
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise FilterError(f"{text!r}: expected a date (2026-11-01), a datetime or 7d / 12h") from None
+    if moment.tzinfo is None:
+        moment = moment.replace(tzinfo=UTC)
+    return moment.astimezone(UTC).isoformat(timespec="milliseconds")
+
+
+# Recipe fields that name a model: what `runs list --model` matches.
+MODEL_FIELDS = ("model", "base", "tuned")
+
+
+@dataclass(frozen=True)
+class RunFilter:
+    kind: str | None = None
+    status: str | None = None
+    # substring (case-insensitive) of a recipe field in MODEL_FIELDS or of a model spec's kind
+    model: str | None = None
+    where: tuple[tuple[str, object], ...] = ()  # (JSON path into the recipe, value)
+    metrics: tuple[tuple[str, str, float], ...] = ()  # (JSON path into metrics, op, value)
+    since: str | None = None  # started_at >= since
+    until: str | None = None  # started_at < until
+    tag: str | None = None
+
+    def sql(self) -> tuple[str, list[object]]:
+        clauses: list[str] = []
+        args: list[object] = []
+        for column, value in (("kind", self.kind), ("status", self.status)):
+            if value is not None:
+                clauses.append(f"{column} = ?")
+                args.append(value)
+        if self.model is not None:
+            names = ", ".join("?" for _ in MODEL_FIELDS)
+            clauses.append(
+                "EXISTS (SELECT 1 FROM json_tree(runs.recipe) t WHERE t.type = 'text'"
+                f" AND (t.key IN ({names}) OR (t.key = 'kind' AND t.path LIKE '$.model%'))"
+                " AND instr(lower(t.value), lower(?)) > 0)"
+            )
+            args.extend([*MODEL_FIELDS, self.model])
+        for path, value in self.where:
+            clauses.append("json_extract(recipe, ?) IS ?")
+            args.extend([path, value])
+        for path, op, number in self.metrics:
+            clauses.append(
+                f"json_type(metrics, ?) IN ('integer', 'real') AND json_extract(metrics, ?) {op} ?"
+            )
+            args.extend([path, path, number])
+        if self.since is not None:
+            clauses.append("started_at >= ?")
+            args.append(self.since)
+        if self.until is not None:
+            clauses.append("started_at < ?")
+            args.append(self.until)
+        if self.tag is not None:
+            clauses.append("EXISTS (SELECT 1 FROM tags WHERE tags.run_id = runs.id AND tag = ?)")
+            args.append(self.tag)
+        return (" WHERE " + " AND ".join(clauses)) if clauses else "", args
+
+
+def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+_RUN_COLUMNS = (
+    "id, kind, status, started_at, ended_at, command, run_dir, recipe, recipe_hash,"
+    " git_commit, git_dirty, packages, host, metrics, error"
+)
 
 
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
         path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA foreign_keys=ON")
+        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
     def close(self) -> None:
-        self._db.close()
+        self.db.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
+    def write(self) -> Iterator[sqlite3.Connection]:
         # BEGIN IMMEDIATE takes the write lock up front, so concurrent writers queue on
         # busy_timeout instead of failing on lock upgrade.
-        self._db.execute("BEGIN IMMEDIATE")
+        self.db.execute("BEGIN IMMEDIATE")
         try:
-            yield self._db
+            yield self.db
         except BaseException:
-            self._db.execute("ROLLBACK")
+            self.db.execute("ROLLBACK")
             raise
-        self._db.execute("COMMIT")
+        self.db.execute("COMMIT")
 
     def _migrate(self) -> None:
-        with self._write() as db:
+        if self.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS):
+            return  # the common case: no write lock to take
+        with self.write() as db:
             version = db.execute("PRAGMA user_version").fetchone()[0]
             if version > len(MIGRATIONS):
                 raise RuntimeError(
@@ -121,9 +351,8 @@ class Registry:
                     f"docthink knows ({len(MIGRATIONS)}); upgrade docthink"
                 )
             for number, script in enumerate(MIGRATIONS[version:], start=version + 1):
-                for statement in script.split(";"):
-                    if statement.strip():
-                        db.execute(statement)
+                for statement in _statements(script):
+                    db.execute(statement)
                 db.execute(f"PRAGMA user_version = {number}")
 
     def start(
@@ -142,7 +371,7 @@ class Registry:
         host: str,
         parents: tuple[str, ...],
     ) -> None:
-        with self._write() as db:
+        with self.write() as db:
             db.execute(
                 "INSERT INTO runs (id, kind, status, started_at, command, run_dir, recipe,"
                 " recipe_hash, git_commit, git_dirty, packages, host)"
@@ -176,7 +405,7 @@ class Registry:
         artifacts: list[Artifact],
         error: str | None,
     ) -> None:
-        with self._write() as db:
+        with self.write() as db:
             db.execute(
                 "UPDATE runs SET status = ?, ended_at = ?, metrics = ?, error = ? WHERE id = ?",
                 (status, ended_at, json.dumps(metrics, sort_keys=True), error, run_id),
@@ -187,57 +416,149 @@ class Registry:
                 [(run_id, a.role, a.path, a.sha256, a.size) for a in artifacts],
             )
 
-    def get(self, run_id: str) -> RunRecord:
-        row = self._db.execute(
-            "SELECT id, kind, status, started_at, ended_at, command, run_dir, recipe, recipe_hash,"
-            " git_commit, git_dirty, packages, host, metrics, error FROM runs WHERE id = ?",
-            (run_id,),
-        ).fetchone()
-        if row is None:
+    # -- notes and tags ---------------------------------------------------------------------------
+
+    def add_note(self, run_id: str, text: str, *, author: str) -> int:
+        self._require(run_id)
+        with self.write() as db:
+            cursor = db.execute(
+                "INSERT INTO notes (run_id, created_at, author, text) VALUES (?, ?, ?, ?)",
+                (run_id, now_iso(), author, text),
+            )
+        assert cursor.lastrowid is not None
+        return cursor.lastrowid
+
+    def add_tags(self, run_id: str, tags: Iterable[str]) -> None:
+        self._require(run_id)
+        with self.write() as db:
+            db.executemany(
+                "INSERT OR IGNORE INTO tags (run_id, tag, created_at) VALUES (?, ?, ?)",
+                [(run_id, tag, now_iso()) for tag in tags],
+            )
+
+    def remove_tags(self, run_id: str, tags: Iterable[str]) -> None:
+        self._require(run_id)
+        with self.write() as db:
+            db.executemany(
+                "DELETE FROM tags WHERE run_id = ? AND tag = ?", [(run_id, t) for t in tags]
+            )
+
+    def _require(self, run_id: str) -> None:
+        if self.db.execute("SELECT 1 FROM runs WHERE id = ?", (run_id,)).fetchone() is None:
             raise KeyError(f"no run {run_id!r} in {self.path}")
-        artifacts = tuple(
-            Artifact(*a)
-            for a in self._db.execute(
-                "SELECT role, path, sha256, size FROM artifacts WHERE run_id = ?"
-                " ORDER BY role, path",
-                (run_id,),
-            )
-        )
-        parents = tuple(
-            p
-            for (p,) in self._db.execute(
-                "SELECT parent_id FROM run_parents WHERE run_id = ? ORDER BY parent_id", (run_id,)
-            )
-        )
-        return RunRecord(
-            id=row[0],
-            kind=row[1],
-            status=row[2],
-            started_at=row[3],
-            ended_at=row[4],
-            command=json.loads(row[5]),
-            run_dir=row[6],
-            recipe=json.loads(row[7]),
-            recipe_hash=row[8],
-            git_commit=row[9],
-            git_dirty=None if row[10] is None else bool(row[10]),
-            packages=json.loads(row[11]),
-            host=row[12],
-            metrics=json.loads(row[13]),
-            error=row[14],
-            artifacts=artifacts,
-            parents=parents,
-        )
+
+    # -- reading ----------------------------------------------------------------------------------
+
+    def resolve(self, prefix: str) -> str:
+        """The run id that is `prefix` or starts with it (ids are long to type)."""
+        rows = self.db.execute(
+            "SELECT id FROM runs WHERE id >= ? AND id < ? ORDER BY id LIMIT 2",
+            (prefix, prefix + "\uffff"),
+        ).fetchall()
+        exact = [r for (r,) in rows if r == prefix]
+        if exact:
+            return exact[0]
+        if not rows:
+            raise KeyError(f"no run {prefix!r} in {self.path}")
+        if len(rows) > 1:
+            raise KeyError(f"{prefix!r} names several runs in {self.path}: {rows[0][0]}, {rows[1][0]}, ...")
+        return rows[0][0]
+
+    def get(self, run_id: str) -> RunRecord:
+        records = self.records([run_id])
+        if not records:
+            raise KeyError(f"no run {run_id!r} in {self.path}")
+        return records[0]
+
+    def records(self, ids: Sequence[str]) -> list[RunRecord]:
+        """The records of these runs, in this order (ids not in the registry are left out);
+        four queries per 500 runs rather than five per run."""
+        rows: dict[str, tuple[object, ...]] = {}
+        artifacts: dict[str, list[Artifact]] = {}
+        parents: dict[str, list[str]] = {}
+        notes: dict[str, list[Note]] = {}
+        tags: dict[str, list[str]] = {}
+        for chunk in _chunks(list(dict.fromkeys(ids))):
+            marks = ", ".join("?" for _ in chunk)
+            for row in self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk):
+                rows[row[0]] = row
+            for run_id, *a in self.db.execute(
+                "SELECT run_id, role, path, sha256, size FROM artifacts"
+                f" WHERE run_id IN ({marks}) ORDER BY role, path", chunk
+            ):
+                artifacts.setdefault(run_id, []).append(Artifact(*a))
+            for run_id, parent in self.db.execute(
+                f"SELECT run_id, parent_id FROM run_parents WHERE run_id IN ({marks})"
+                " ORDER BY parent_id", chunk
+            ):
+                parents.setdefault(run_id, []).append(parent)
+            for run_id, *n in self.db.execute(
+                "SELECT run_id, id, created_at, author, text FROM notes"
+                f" WHERE run_id IN ({marks}) ORDER BY id", chunk
+            ):
+                notes.setdefault(run_id, []).append(Note(*n))
+            for run_id, tag in self.db.execute(
+                f"SELECT run_id, tag FROM tags WHERE run_id IN ({marks}) ORDER BY tag", chunk
+            ):
+                tags.setdefault(run_id, []).append(tag)
+        return [
+            _record(rows[i], artifacts.get(i, []), parents.get(i, []), notes.get(i, []),
+                    tags.get(i, []))
+            for i in dict.fromkeys(ids) if i in rows
+        ]
 
     def list(self, *, kind: str | None = None, limit: int = 50) -> list[RunRecord]:
-        sql = "SELECT id FROM runs"
-        args: tuple[object, ...] = ()
-        if kind is not None:
-            sql += " WHERE kind = ?"
-            args = (kind,)
-        sql += " ORDER BY started_at DESC, id DESC LIMIT ?"
-        ids = [r for (r,) in self._db.execute(sql, (*args, limit))]
-        return [self.get(i) for i in ids]
+        return self.find(RunFilter(kind=kind), limit=limit)
+
+    def find(self, filter: RunFilter, *, limit: int | None = 50) -> list[RunRecord]:
+        """Runs matching `filter`, most recent first."""
+        return self.records(self.find_ids(filter, limit=limit))
+
+    def find_ids(self, filter: RunFilter, *, limit: int | None = 50) -> list[str]:
+        where, args = filter.sql()
+        sql = f"SELECT id FROM runs{where} ORDER BY started_at DESC, id DESC"
+        if limit is not None:
+            sql += " LIMIT ?"
+            args.append(limit)
+        return [r for (r,) in self.db.execute(sql, args)]
 
     def count(self) -> int:
-        return self._db.execute("SELECT count(*) FROM runs").fetchone()[0]
+        return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+
+def _record(row: tuple[object, ...], artifacts: list[Artifact], parents: list[str],
+            notes: list[Note], tags: list[str]) -> RunRecord:
+    return RunRecord(
+        id=row[0],  # type: ignore[arg-type]
+        kind=row[1],  # type: ignore[arg-type]
+        status=row[2],  # type: ignore[arg-type]
+        started_at=row[3],  # type: ignore[arg-type]
+        ended_at=row[4],  # type: ignore[arg-type]
+        command=json.loads(row[5]),  # type: ignore[arg-type]
+        run_dir=row[6],  # type: ignore[arg-type]
+        recipe=json.loads(row[7]),  # type: ignore[arg-type]
+        recipe_hash=row[8],  # type: ignore[arg-type]
+        git_commit=row[9],  # type: ignore[arg-type]
+        git_dirty=None if row[10] is None else bool(row[10]),
+        packages=json.loads(row[11]),  # type: ignore[arg-type]
+        host=row[12],  # type: ignore[arg-type]
+        metrics=json.loads(row[13]),  # type: ignore[arg-type]
+        error=row[14],  # type: ignore[arg-type]
+        artifacts=tuple(artifacts),
+        parents=tuple(parents),
+        notes=tuple(notes),
+        tags=tuple(tags),
+    )
+
+
+def _statements(script: str) -> Iterator[str]:
+    """The SQL statements of a migration, split where SQLite says a statement is complete (a
+    trigger body has semicolons inside it)."""
+    pending = ""
+    for line in script.splitlines(keepends=True):
+        pending += line
+        if sqlite3.complete_statement(pending):
+            yield pending.strip()
+            pending = ""
+    if pending.strip():
+        raise ValueError(f"incomplete SQL statement in a migration: {pending.strip()[:80]}")

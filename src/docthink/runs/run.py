@@ -73,6 +73,17 @@ def file_sha256(path: Path) -> str:
 RUN_MARKER = "docthink_run.json"
 
 
+def mark_output(folder: Path, run_id: str, kind: str) -> None:
+    """Say in `folder` which run made it, so commands reading it can name that run as parent."""
+    (folder / RUN_MARKER).write_text(json.dumps({"run_id": run_id, "kind": kind}) + "\n")
+
+
+def parent_runs(folder: Path) -> list[str]:
+    """The run that made `folder`, if a docthink command did."""
+    marker = folder / RUN_MARKER
+    return [json.loads(marker.read_text())["run_id"]] if marker.exists() else []
+
+
 def tree_digest(path: Path) -> tuple[str, int]:
     """sha256 and total size of a file, or of a folder as the sorted list of (relative path,
     file sha256) pairs, so a folder's digest changes iff a file in it changes."""

@@ -1,0 +1,271 @@
+"""`docthink reproduce RUN`: the exact command that reruns a recorded run from its resolved
+recipe at its recorded commit; with `--run`, run it and compare the new outputs' hashes with the
+recorded ones.
+
+The rerun writes its outputs to a new folder (the recipe's `out` / `outs` are redirected there),
+so the recorded outputs stay as they are. Relative paths in the recipe are resolved against the
+directory the run was started in, which is read back from its recorded artifacts (a relative
+`out: demo/export` and an artifact `/work/demo/export/train.parquet` give `/work`). When the
+recorded commit is not the current checkout's, the rerun uses the source of that commit, checked
+out in a temporary `git worktree` (removed afterwards); the current checkout is left alone.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from docthink.runs.registry import Artifact, Registry, RunFilter, RunRecord
+from docthink.runs.run import code_version, tree_digest
+
+# Recipe fields that hold paths: where the original working directory can be read back from.
+PATH_FIELDS = ("out", "outs", "run_dir", "corpus", "questions", "data", "documents", "pdf_dir",
+               "base", "tuned", "predictions")
+OUTPUT_FIELDS = ("out", "outs")
+
+
+class ReproduceError(RuntimeError):
+    """A run that cannot be reproduced as asked; the message says why."""
+
+
+def _s(value: object) -> str:
+    return str(value)
+
+
+# kind -> the docthink arguments that rerun it from the recipe file and the (redirected) recipe.
+Builder = Callable[[dict[str, object], Path], list[str]]
+COMMANDS: dict[str, Builder] = {
+    "ingest": lambda r, f: ["ingest", _s(r["pdf_dir"]), "--out", _s(r["out"]), "--recipe", str(f)],
+    "synth": lambda r, f: ["synth", "--recipe", str(f)],
+    # export takes no recipe file: its three fields are its flags
+    "export": lambda r, f: ["export", _s(r["run_dir"]), "--format", _s(r["format"]),
+                            "--out", _s(r["out"])],
+    "merge": lambda r, f: ["merge", "--base", _s(r["base"]), "--tuned", _s(r["tuned"]),
+                           "--alpha", ",".join(f"{a!r}" for a in r["alphas"]),  # type: ignore[attr-defined]
+                           *(x for o in r["outs"] for x in ("--out", _s(o))),  # type: ignore[attr-defined]
+                           "--recipe", str(f)],
+    "train": lambda r, f: ["train", str(f)],
+    "eval": lambda r, f: ["eval", "run", str(f)],
+}
+
+
+@dataclass(frozen=True)
+class Plan:
+    record: RunRecord
+    cwd: Path  # where the run was started: relative recipe paths resolve against it
+    target: Path  # the rerun's outputs go under it
+    recipe_file: Path
+    recipe: dict[str, object]  # the recorded recipe, outputs redirected
+    argv: list[str]  # after `docthink`
+    outputs: dict[str, str]  # recorded output path -> where the rerun writes it
+    head: str | None  # the current checkout's commit
+    repo: Path | None  # the git checkout docthink runs from
+
+    @property
+    def same_commit(self) -> bool:
+        return self.record.git_commit is not None and self.record.git_commit == self.head
+
+    def describe(self) -> list[str]:
+        r = self.record
+        state = {None: "dirty flag unknown", True: "with uncommitted changes", False: "clean"}
+        lines = [(f"# run {r.id} ({r.kind}, {r.status}) at commit {r.git_commit} "
+                 f"({state[r.git_dirty]}), started in {self.cwd}"),
+                 (f"# recorded recipe written to {self.recipe_file}; outputs redirected under "
+                 f"{self.target}")]
+        if r.git_dirty:
+            lines.append("# warning: the run's code had uncommitted changes, which no commit holds")
+        lines.append(f"cd {shlex.quote(str(self.cwd))}")
+        if self.same_commit:
+            lines.append(f"# the current checkout is at {r.git_commit}: no checkout needed")
+        else:
+            lines.append(f"git checkout {r.git_commit}")
+        lines.append(shlex.join(["docthink", *self.argv]))
+        if not self.same_commit:
+            lines.append("git checkout -  # back to where you were")
+        return lines
+
+
+def _relative_fields(recipe: dict[str, object]) -> list[str]:
+    values: list[str] = []
+    for name in PATH_FIELDS:
+        value = recipe.get(name)
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, str) and item and not item.startswith("/"):
+                values.append(item.removeprefix("./").rstrip("/"))
+    return values
+
+
+def started_in(record: RunRecord) -> Path | None:
+    """The directory the run was started in, from a relative recipe path and the absolute
+    artifact path it became; None when the recipe has no relative path (then it does not
+    matter)."""
+    relative = _relative_fields(record.recipe)
+    if not relative:
+        return None
+    for value in relative:
+        for artifact in record.artifacts:
+            for candidate in (artifact.path, str(Path(artifact.path).parent)):
+                if candidate.endswith("/" + value):
+                    return Path(candidate.removesuffix("/" + value))
+                index = candidate.find("/" + value + "/")
+                if index >= 0:
+                    return Path(candidate[:index])
+    raise ReproduceError(
+        f"run {record.id}: cannot tell which directory it was started in (its recipe has relative "
+        f"paths {relative} that no recorded artifact ends with); pass --cwd"
+    )
+
+
+def _redirect(recipe: dict[str, object], cwd: Path, target: Path) -> tuple[dict[str, object], dict[str, str]]:
+    """The recipe with `out` / `outs` under `target`, and old absolute path -> new path."""
+    redirected = dict(recipe)
+    moved: dict[str, str] = {}
+    for name in OUTPUT_FIELDS:
+        value = recipe.get(name)
+        if value is None:
+            continue
+        olds = value if isinstance(value, list) else [value]
+        news = []
+        for i, old in enumerate(olds):
+            old_abs = (cwd / str(old)).resolve()
+            new = (target / (f"{i}-{old_abs.name}" if isinstance(value, list) else old_abs.name))
+            moved[str(old_abs)] = str(new.resolve())
+            news.append(str(new.resolve()))
+        redirected[name] = news if isinstance(value, list) else news[0]
+    return redirected, moved
+
+
+def _new_path(path: str, moved: dict[str, str]) -> str | None:
+    for old, new in moved.items():
+        if path == old:
+            return new
+        if path.startswith(old + "/"):
+            return new + path[len(old):]
+    return None
+
+
+def plan(record: RunRecord, target: Path, cwd: Path | None = None) -> Plan:
+    if record.kind not in COMMANDS:
+        raise ReproduceError(f"run {record.id}: no known command reruns a {record.kind!r} run "
+                             f"(known: {', '.join(COMMANDS)})")
+    if record.git_commit is None:
+        raise ReproduceError(f"run {record.id}: no git commit was recorded (it ran outside a "
+                             "checkout), so its code cannot be checked out")
+    origin = cwd or started_in(record) or Path.cwd()
+    target = target.resolve()
+    recipe, moved = _redirect(record.recipe, origin, target)
+    outputs = {a.path: new for a in record.outputs() if (new := _new_path(a.path, moved))}
+    recipe_file = target / f"recipe-{record.id}.yaml"
+    # The rerun records into its own registry: code at an older commit may not know this
+    # registry's newer schema.
+    argv = [*COMMANDS[record.kind](recipe, recipe_file),
+            "--runs-dir", str(target / "runs"), "--registry", str(target / "registry.sqlite")]
+    head, _ = code_version()
+    return Plan(record, origin, target, recipe_file, recipe, argv, outputs, head, _repo())
+
+
+def _repo() -> Path | None:
+    here = Path(__file__).resolve().parent
+    top = subprocess.run(["git", "-C", str(here), "rev-parse", "--show-toplevel"],
+                         capture_output=True, text=True, check=False)
+    return Path(top.stdout.strip()) if top.returncode == 0 else None
+
+
+@dataclass(frozen=True)
+class Comparison:
+    recorded: Artifact
+    path: str  # where the rerun wrote it
+    now: Artifact | None  # None: the rerun did not write it
+    status: str  # same | different | missing
+
+
+@dataclass(frozen=True)
+class Outcome:
+    run_id: str
+    comparisons: list[Comparison]
+
+    @property
+    def identical(self) -> bool:
+        return bool(self.comparisons) and all(c.status == "same" for c in self.comparisons)
+
+    def summary(self) -> str:
+        counts = {s: sum(c.status == s for c in self.comparisons) for s in ("same", "different", "missing")}
+        verdict = "identical outputs" if self.identical else "outputs differ"
+        return f"{verdict}: {counts['same']} same, {counts['different']} different, {counts['missing']} missing"
+
+
+def rerun(steps: Plan, registry: Registry) -> Outcome:
+    """Run the plan and compare hashes. The rerun is recorded in its own registry under the
+    target folder; the reproduced run gets a note with the verdict in `registry`."""
+    if steps.target.exists() and any(steps.target.iterdir()):
+        raise ReproduceError(f"{steps.target} exists and is not empty; pass another --out")
+    steps.target.mkdir(parents=True, exist_ok=True)
+    steps.recipe_file.write_text(yaml.safe_dump(steps.recipe, sort_keys=False, allow_unicode=True),
+                                 encoding="utf-8")
+    if steps.same_commit:
+        _run(steps, env_src=None)
+    else:
+        _in_worktree(steps)
+    with Registry(steps.target / "registry.sqlite") as own:
+        (new,) = own.find(RunFilter(), limit=None)
+    if new.status != "ok":
+        raise ReproduceError(f"the rerun {new.id} ended {new.status}: {new.error}")
+    outcome = Outcome(new.id, _compare(steps, new))
+    registry.add_note(steps.record.id, f"reproduced by run {new.id} (registry "
+                      f"{steps.target / 'registry.sqlite'}): {outcome.summary()}",
+                      author="docthink reproduce")
+    return outcome
+
+
+def _run(steps: Plan, env_src: Path | None) -> None:
+    env = dict(os.environ)
+    if env_src is not None:
+        env["PYTHONPATH"] = os.pathsep.join([str(env_src), *filter(None, [env.get("PYTHONPATH")])])
+    done = subprocess.run([sys.executable, "-m", "docthink.cli", *steps.argv], cwd=steps.cwd,
+                          env=env, capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        raise ReproduceError(f"the rerun failed (exit {done.returncode}):\n"
+                             f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
+
+
+def _in_worktree(steps: Plan) -> None:
+    if steps.repo is None:
+        raise ReproduceError("docthink is not running from a git checkout, so commit "
+                             f"{steps.record.git_commit} cannot be checked out")
+    with tempfile.TemporaryDirectory(prefix="docthink-reproduce-") as tmp:
+        tree = Path(tmp) / "tree"
+        added = subprocess.run(["git", "-C", str(steps.repo), "worktree", "add", "--detach",
+                                str(tree), str(steps.record.git_commit)],
+                               capture_output=True, text=True, check=False)
+        if added.returncode != 0:
+            raise ReproduceError(f"git worktree add {steps.record.git_commit}: {added.stderr.strip()}")
+        try:
+            _run(steps, env_src=tree / "src")
+        finally:
+            subprocess.run(["git", "-C", str(steps.repo), "worktree", "remove", "--force",
+                            str(tree)], capture_output=True, text=True, check=True)
+
+
+def _compare(steps: Plan, new: RunRecord) -> list[Comparison]:
+    written = {a.path: a for a in new.outputs()}
+    comparisons = []
+    for recorded in steps.record.outputs():
+        path = steps.outputs.get(recorded.path)
+        if path is None:
+            comparisons.append(Comparison(recorded, "", None, "missing"))
+            continue
+        now = written.get(path)
+        if now is None and Path(path).exists():
+            sha, size = tree_digest(Path(path))
+            now = Artifact("output", path, sha, size)
+        status = "missing" if now is None else "same" if now.sha256 == recorded.sha256 else "different"
+        comparisons.append(Comparison(recorded, path, now, status))
+    return comparisons

@@ -1,0 +1,116 @@
+"""`docthink serve`: a read-only web UI over the registry, rendered on the server (FastAPI,
+Jinja2 with autoescaping): the leaderboard, run pages (lineage, recipe, artifacts, notes) and
+search. Only GET routes: no page changes a run, note or tag. Search brings its index up to date
+before it answers, as `docthink search` does."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from urllib.parse import quote
+
+from fastapi import FastAPI, HTTPException, Query
+from fastapi.responses import HTMLResponse
+from jinja2 import Environment, PackageLoader, select_autoescape
+from markupsafe import Markup, escape
+
+from docthink.registry.diff import flatten, show
+from docthink.registry.embed import MISSING, Embedder, embedding_available
+from docthink.registry.index import update_index
+from docthink.registry.leaderboard import build_leaderboard
+from docthink.registry.lineage import ancestors, descendants
+from docthink.registry.page import STYLE, TABLE_JS, header_cells, row_cells
+from docthink.registry.search import MARK_END, MARK_START, Searcher, VectorCache
+from docthink.runs.registry import Registry, RunFilter
+
+SOURCES = ("run", "note", "question", "trace", "answer", "prediction")
+
+
+def run_href(run_id: str) -> str:
+    return f"/runs/{quote(run_id, safe='')}"
+
+
+def _snippet(text: str) -> Markup:
+    """Escape first, then turn the match markers into <mark>."""
+    return Markup(str(escape(text)).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>"))
+
+
+def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
+    env = Environment(loader=PackageLoader("docthink.registry", "templates"),
+                      autoescape=select_autoescape(["html"]))
+    env.globals.update(style=Markup(STYLE), table_js=Markup(TABLE_JS), run_href=run_href)
+    app = FastAPI(title="docthink registry", docs_url=None, redoc_url=None, openapi_url=None)
+    vectors = VectorCache()
+    embedder_lock = threading.Lock()
+    embedder: list[Embedder | None] = []
+
+    def get_embedder() -> Embedder | None:
+        with embedder_lock:
+            if not embedder:
+                embedder.append(Embedder() if semantic and embedding_available() else None)
+            return embedder[0]
+
+    @contextmanager
+    def open_registry() -> Iterator[Registry]:
+        # one connection per request: requests run on a thread pool
+        registry = Registry(registry_path)
+        try:
+            yield registry
+        finally:
+            registry.close()
+
+    def render(name: str, **context: object) -> HTMLResponse:
+        return HTMLResponse(env.get_template(name).render(**context))
+
+    @app.get("/", response_class=HTMLResponse)
+    def leaderboard_page(benchmark: str | None = None, metric: str | None = None) -> HTMLResponse:
+        with open_registry() as registry:
+            try:
+                board = build_leaderboard(registry, benchmark=benchmark, metric=metric)
+            except KeyError as exc:
+                raise HTTPException(404, exc.args[0]) from None
+        rows = []
+        for rank, row in enumerate(board.rows, start=1):
+            latest = max(row.scores.values(), key=lambda s: s.started_at).run_id
+            rows.append(Markup(row_cells(board, rank, row, run_href(latest) + "#lineage", run_href)))
+        return render("leaderboard.html", board=board, header=Markup(header_cells(board)),
+                      rows=rows)
+
+    @app.get("/runs", response_class=HTMLResponse)
+    def runs_page(kind: str | None = None, tag: str | None = None,
+                  limit: int = Query(100, ge=1, le=5000)) -> HTMLResponse:
+        with open_registry() as registry:
+            records = registry.find(RunFilter(kind=kind, tag=tag), limit=limit)
+            kinds = [k for (k,) in registry.db.execute("SELECT DISTINCT kind FROM runs ORDER BY kind")]
+        return render("runs.html", records=records, kinds=kinds, kind=kind, tag=tag)
+
+    @app.get("/runs/{run_id}", response_class=HTMLResponse)
+    def run_page(run_id: str) -> HTMLResponse:
+        with open_registry() as registry:
+            try:
+                record = registry.get(run_id)
+            except KeyError:
+                raise HTTPException(404, f"no run {run_id!r}") from None
+            up, down = ancestors(registry, run_id), descendants(registry, run_id)
+        recipe = [(k, show(v)) for k, v in flatten(record.recipe).items()]
+        metrics = [(k, show(v)) for k, v in flatten(record.metrics).items()]
+        return render("run.html", r=record, recipe=recipe, metrics=metrics, up=up, down=down)
+
+    @app.get("/search", response_class=HTMLResponse)
+    def search_page(q: str = "", source: str | None = None,
+                    limit: int = Query(20, ge=1, le=200)) -> HTMLResponse:
+        hits = []
+        model = get_embedder() if q else None
+        if q:
+            with open_registry() as registry:
+                update_index(registry, model)
+                searcher = Searcher(registry, model, vectors=vectors)
+                result = searcher.search(q, limit=limit, sources=[source] if source else None)
+            hits = [(h, _snippet(h.snippet)) for h in result.hits]
+        notice = MISSING if q and semantic and not embedding_available() else None
+        return render("search.html", q=q, hits=hits, source=source, sources=SOURCES,
+                      notice=notice)
+
+    return app

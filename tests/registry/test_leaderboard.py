@@ -1,0 +1,144 @@
+"""The leaderboard: checkpoints ranked per benchmark with and without <cot>, each with the recipe
+read from its lineage; CSV/JSON exports; the static page sorted and filtered in Chromium, with
+markup from the registry shown as text."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from docthink.registry.leaderboard import build_leaderboard
+from docthink.registry.page import render_static
+from docthink.runs.registry import Registry
+from tests.registry.conftest import XSS, XSS_IMG, cli
+from tests.registry.history import RunSpec
+
+
+def _by_id(runs: list[RunSpec]) -> dict[str, RunSpec]:
+    return {r.id: r for r in runs}
+
+
+def test_rows_carry_scores_and_the_recipe_from_lineage(small_history: tuple[Path, list[RunSpec]]) -> None:
+    path, runs = small_history
+    with Registry(path) as registry:
+        board = build_leaderboard(registry, benchmark="mmlbd-c")
+    evals = [r for r in runs if r.kind == "eval"]
+    assert board.ranked_by == ("mmlbd-c", "acc_cot")
+    assert sorted(board.benchmarks) == ["mmlbd-c", "mmlongbench-doc"]
+    assert len(board.rows) == 9  # 3 pipelines x 3 merge strengths
+    ranked = [row.value("mmlbd-c", "acc_cot") for row in board.rows]
+    assert ranked == sorted(ranked, reverse=True)
+    runs_by_id = _by_id(runs)
+    for row in board.rows:
+        for bench in ("mmlbd-c", "mmlongbench-doc"):
+            (ev,) = [e for e in evals if e.recipe["model"]["model"] == row.checkpoint  # type: ignore[index]
+                     and e.recipe["benchmark"] == bench]
+            assert row.scores[bench].run_id == ev.id
+            assert row.value(bench, "acc") == ev.metrics["acc"]
+            assert row.value(bench, "mean_output_tokens_cot") == ev.metrics["mean_output_tokens_cot"]
+        kinds = [kind for _, kind in row.lineage]
+        assert kinds == ["merge", "train", "export", "synth"]
+        merge, train, _, synth = (runs_by_id[run_id] for run_id, _ in row.lineage)
+        alpha = merge.recipe["alphas"][merge.recipe["outs"].index(row.checkpoint)]  # type: ignore[union-attr,index]
+        assert row.recipe["alpha"] == f"{alpha:g}"
+        assert row.recipe["base model"] == train.recipe["model"]  # train wins over merge.base
+        assert row.recipe["K"] == str(synth.recipe["trace"]["top_k"])  # type: ignore[index]
+        assert row.recipe["plain QA ratio"] == f"{synth.recipe['export']['plain_qa_ratio']:g}"  # type: ignore[index]
+        assert row.recipe["lr"] == f"{train.recipe['learning_rate']:g}"
+    by_tokens = build_leaderboard(Registry(path), benchmark="mmlbd-c",
+                                  metric="mean_output_tokens_cot")
+    tokens = [r.value("mmlbd-c", "mean_output_tokens_cot") for r in by_tokens.rows]
+    assert tokens == sorted(tokens)  # fewer tokens rank first
+
+
+def test_a_newer_eval_replaces_the_older_score(small_history: tuple[Path, list[RunSpec]]) -> None:
+    path, runs = small_history
+    old = next(r for r in runs if r.kind == "eval")
+    with Registry(path) as registry:
+        registry.start(run_id="re-eval", kind="eval", started_at="2027-01-01T00:00:00",
+                       command=[], run_dir="/r", recipe=old.recipe, recipe_hash="h",
+                       git_commit=None, git_dirty=None, packages={}, host="h", parents=())
+        registry.finish("re-eval", status="ok", ended_at="2027", error=None, artifacts=[],
+                        metrics={**old.metrics, "acc": 0.99})
+        registry.start(run_id="failed-eval", kind="eval", started_at="2027-01-02T00:00:00",
+                       command=[], run_dir="/r", recipe=old.recipe, recipe_hash="h",
+                       git_commit=None, git_dirty=None, packages={}, host="h", parents=())
+        registry.finish("failed-eval", status="failed", ended_at="2027", error="boom",
+                        artifacts=[], metrics={})
+        board = build_leaderboard(registry, benchmark=str(old.recipe["benchmark"]), metric="acc")
+    top = board.rows[0]
+    assert top.checkpoint == old.recipe["model"]["model"]  # type: ignore[index]
+    assert top.scores[str(old.recipe["benchmark"])].run_id == "re-eval" and top.evals == 3
+
+
+def test_csv_and_json_exports_hold_every_row(small_history: tuple[Path, list[RunSpec]],
+                                             tmp_path: Path) -> None:
+    path, _ = small_history
+    cli("leaderboard", "--registry", path, "--benchmark", "mmlongbench-doc",
+        "--csv", tmp_path / "b.csv", "--json", tmp_path / "b.json", "--html", tmp_path / "b.html")
+    rows = list(csv.DictReader(io.StringIO((tmp_path / "b.csv").read_text())))
+    data = json.loads((tmp_path / "b.json").read_text())
+    assert len(rows) == len(data["rows"]) == 9
+    assert data["ranked_by"] == ["mmlongbench-doc", "acc_cot"]
+    for row, record in zip(rows, data["rows"], strict=True):
+        assert row["checkpoint"] == record["checkpoint"]
+        assert float(row["mmlbd-c acc <cot>"]) == record["mmlbd-c acc <cot>"]
+        assert row["lineage"] == " < ".join(record["lineage"])
+        assert record["lineage"][0].startswith("merge:")
+    assert "<script>" in (tmp_path / "b.html").read_text()  # the page's own script only
+    assert "error" in cli("leaderboard", "--registry", path, "--benchmark", "nope", code=2)
+
+
+def test_static_page_escapes_markup(hostile_history: tuple[Path, list[RunSpec]]) -> None:
+    path, _ = hostile_history
+    html = render_static(build_leaderboard(Registry(path)))
+    assert XSS not in html and XSS_IMG not in html
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
+    assert html.count("<script>") == 1 and 'src="http' not in html and "<link" not in html
+
+
+def _column(page: object, index: int) -> list[str]:
+    return page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "#board tbody tr:not([hidden])",
+        f"rows => rows.map(r => r.cells[{index}].textContent.trim())")
+
+
+def test_static_page_sorts_filters_and_shows_markup_as_text(
+    hostile_history: tuple[Path, list[RunSpec]], tmp_path: Path, page: object
+) -> None:
+    path, _ = hostile_history
+    with Registry(path) as registry:
+        board = build_leaderboard(registry, benchmark="mmlongbench-doc")
+    file = tmp_path / "board.html"
+    file.write_text(render_static(board), encoding="utf-8")
+    page.goto(file.as_uri())  # type: ignore[attr-defined]
+    headers = page.eval_on_selector_all("#board thead th", "hs => hs.map(h => h.textContent)")  # type: ignore[attr-defined]
+    checkpoint_col = headers.index("checkpoint")
+    # markup from the registry is text on the page
+    assert sum(XSS_IMG in c for c in _column(page, checkpoint_col)) == 3
+    base_col = headers.index("base model")
+    assert _column(page, base_col).count(XSS) == 3
+    assert page.locator("#board img").count() == 0  # type: ignore[attr-defined]
+    # sorting: a click sorts ascending, a second click descending, blanks stay last
+    col = headers.index("mmlbd-c acc")
+    expected = sorted(100 * r.value("mmlbd-c", "acc") for r in board.rows)  # type: ignore[operator]
+    page.click(f"#board thead th:nth-child({col + 1})")  # type: ignore[attr-defined]
+    assert [float(v) for v in _column(page, col)] == [float(f"{v:.1f}") for v in expected]
+    page.click(f"#board thead th:nth-child({col + 1})")  # type: ignore[attr-defined]
+    assert [float(v) for v in _column(page, col)] == [float(f"{v:.1f}") for v in expected[::-1]]
+    page.click(f"#board thead th:nth-child({checkpoint_col + 1})")  # type: ignore[attr-defined]
+    assert _column(page, checkpoint_col) == sorted(r.checkpoint for r in board.rows)
+    # filtering: every word must appear in the row
+    page.fill("input[data-filter=board]", "mistralai 0.5")  # type: ignore[attr-defined]
+    shown = _column(page, checkpoint_col)
+    assert shown == sorted(r.checkpoint for r in board.rows
+                           if "mistralai" in r.recipe.get("base model", "")
+                           and "0.5" in " ".join([r.checkpoint, *r.recipe.values()]))
+    assert page.text_content("#board-shown") == str(len(shown))  # type: ignore[attr-defined]
+    page.fill("input[data-filter=board]", "")  # type: ignore[attr-defined]
+    assert len(_column(page, checkpoint_col)) == len(board.rows)
+    # each row links to its lineage
+    page.click("#board tbody tr:first-child td:last-child a")  # type: ignore[attr-defined]
+    assert page.evaluate("location.hash").startswith("#lineage-")  # type: ignore[attr-defined]

@@ -1,0 +1,89 @@
+"""`docthink reproduce`: the printed command reruns the run from its recorded recipe; with --run
+the rerun's outputs hash the same as the recorded ones (a real export), differ when its input
+changed, and an other commit runs from a temporary git worktree that is removed afterwards."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from docthink.registry import reproduce
+from docthink.runs.registry import Registry
+from tests.registry.conftest import Pipeline, cli
+
+
+def test_print_names_commit_recipe_and_command(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    export = pipeline.run_of("export")
+    out = cli("reproduce", export, "--out", tmp_path / "again", "--registry", path)
+    with Registry(path) as registry:
+        record = registry.get(export)
+    assert record.git_commit is not None and record.git_commit in out
+    # the recipe says `run_dir: synth`: the directory it was started in is read back
+    assert f"\ncd {pipeline.root}\n" in out
+    assert f"docthink export synth --format trl --out {tmp_path / 'again' / 'export'}" in out
+    assert not (tmp_path / "again").exists()  # printing runs nothing
+
+
+def test_export_round_trip_gives_the_recorded_hashes(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    export = pipeline.run_of("export")
+    out = cli("reproduce", export, "--run", "--out", tmp_path / "again", "--registry", path)
+    with Registry(path) as registry:
+        record = registry.get(export)
+        note = registry.get(export).notes[-1].text
+    (recorded,) = record.outputs()
+    assert f"same      {recorded.path} {recorded.sha256[:12]} -> {recorded.sha256[:12]}" in out
+    assert "identical outputs: 1 same, 0 different, 0 missing" in out
+    assert note.startswith("reproduced by run") and "identical outputs" in note
+    assert (tmp_path / "again" / "export" / "train.parquet").read_bytes() == Path(
+        recorded.path).read_bytes()
+    with Registry(tmp_path / "again" / "registry.sqlite") as own:
+        (rerun,) = own.list()
+    assert rerun.recipe["out"] == str(tmp_path / "again" / "export")
+    assert rerun.git_commit == record.git_commit
+
+
+def test_a_changed_input_gives_different_hashes(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    export = pipeline.run_of("export")
+    examples = pipeline.root / "synth" / "examples.jsonl"
+    original = examples.read_bytes()
+    try:
+        examples.write_bytes(b"".join(original.splitlines(keepends=True)[1:]))  # one row fewer
+        out = cli("reproduce", export, "--run", "--out", tmp_path / "again", "--registry", path,
+                  code=1)
+    finally:
+        examples.write_bytes(original)
+    assert "outputs differ: 0 same, 1 different, 0 missing" in out
+
+
+def test_another_commit_runs_in_a_temporary_worktree(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    export = pipeline.run_of("export")
+    with Registry(path) as registry:
+        commit = registry.get(export).git_commit
+    repo = Path(reproduce.__file__).resolve().parents[3]
+    # pretend the checkout moved on since the run: the recorded commit must be checked out
+    monkeypatch.setattr(reproduce, "code_version", lambda: ("f" * 40, False))
+    printed = cli("reproduce", export, "--out", tmp_path / "printed", "--registry", path)
+    assert f"git checkout {commit}" in printed
+    out = cli("reproduce", export, "--run", "--out", tmp_path / "again", "--registry", path)
+    assert "identical outputs" in out
+    worktrees = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True,
+                               text=True, check=True).stdout
+    assert "docthink-reproduce-" not in worktrees
+
+
+def test_a_kind_without_a_command_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    with Registry(path) as registry:
+        registry.start(run_id="odd", kind="toy", started_at="2026", command=[], run_dir="/",
+                       recipe={}, recipe_hash="h", git_commit="a" * 40, git_dirty=False,
+                       packages={}, host="h", parents=())
+    assert "no known command reruns a 'toy' run" in cli("reproduce", "odd", "--registry", path,
+                                                         code=2)
