@@ -1,0 +1,3 @@
+from docthink.cli import main
+
+main()
