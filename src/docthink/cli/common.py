@@ -13,6 +13,7 @@ from rich.markup import escape
 
 from docthink.recipe import (
     RecipeError,
+    commented_yaml,
     load_recipe,
 )
 from docthink.runs import (
@@ -58,3 +59,18 @@ def _load(cls: type[R], recipe: Path | None, overrides: dict[str, object]) -> R:
         return load_recipe(cls, recipe, overrides)
     except RecipeError as exc:
         raise _fail(str(exc)) from None
+
+
+def _print_recipe(
+    cls: type[R],
+    recipe: Path | None,
+    overrides: dict[str, object],
+    placeholders: dict[str, object],
+    note: str = "",
+) -> None:
+    """`--print-recipe`: the resolved recipe, commented; required paths not given on the command
+    line show as placeholders."""
+    given = {k: v for k, v in overrides.items() if v is not None}
+    resolved = _load(cls, recipe, {**placeholders, **given})
+    text = commented_yaml(resolved) + (f"\n{note}" if note else "")
+    out_console.print(text, markup=False, highlight=False, soft_wrap=True)

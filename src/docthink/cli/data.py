@@ -17,9 +17,9 @@ from docthink.cli.common import (
     RunsDir,
     _fail,
     _load,
+    _print_recipe,
     _say,
     app,
-    out_console,
 )
 from docthink.corpus import Corpus
 from docthink.corpus import ingest as run_ingest
@@ -174,10 +174,7 @@ def synth(
     overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
     if print_recipe:
         placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
-        given = {k: v for k, v in overrides.items() if v is not None}
-        resolved = _load(SynthRecipe, recipe, {**placeholders, **given})
-        out_console.print(commented_yaml(resolved) + "\n" + SYNTH_RECIPE_NOTE, markup=False,
-                          highlight=False, soft_wrap=True)
+        _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE)
         return
     resolved = _load(SynthRecipe, recipe, overrides)
     run_synth(resolved, runs_dir, registry)
@@ -291,9 +288,7 @@ def questions(
     (questions.jsonl, the input of `docthink synth`)."""
     overrides = {"corpus": corpus, "out": out, "seed": seed}
     if print_recipe:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        resolved = _load(QuestionsRecipe, recipe, {"corpus": "CORPUS", "out": "RUN_DIR", **given})
-        out_console.print(commented_yaml(resolved), markup=False, highlight=False, soft_wrap=True)
+        _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
     resolved = _load(QuestionsRecipe, recipe, overrides)
     try:
@@ -345,9 +340,7 @@ def tasks(
     as SFT examples and exports."""
     overrides = {"corpus": corpus, "out": out, "seed": seed}
     if print_recipe:
-        given = {k: v for k, v in overrides.items() if v is not None}
-        resolved = _load(TasksRecipe, recipe, {"corpus": "CORPUS", "out": "RUN_DIR", **given})
-        out_console.print(commented_yaml(resolved), markup=False, highlight=False, soft_wrap=True)
+        _print_recipe(TasksRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
     resolved = _load(TasksRecipe, recipe, overrides)
     try:

@@ -13,12 +13,9 @@ from docthink.cli.common import (
     RunsDir,
     _fail,
     _load,
+    _print_recipe,
     _say,
     app,
-    out_console,
-)
-from docthink.recipe import (
-    commented_yaml,
 )
 
 eval_app = typer.Typer(
@@ -72,8 +69,7 @@ def eval_run(
     )
     if print_recipe:
         placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
-        resolved = _load(EvalRecipe, recipe, {**placeholders, **overrides})
-        out_console.print(commented_yaml(resolved), markup=False, highlight=False, soft_wrap=True)
+        _print_recipe(EvalRecipe, recipe, overrides, placeholders)
         return
     resolved = _load(EvalRecipe, recipe, overrides)
     try:

@@ -13,14 +13,13 @@ from docthink.cli.common import (
     RunsDir,
     _fail,
     _load,
+    _print_recipe,
     _say,
     app,
-    out_console,
 )
 from docthink.merge import CheckpointError, MergeError, merge_checkpoints
 from docthink.recipe import (
     MergeRecipe,
-    commented_yaml,
 )
 from docthink.runs import (
     mark_output,
@@ -116,8 +115,7 @@ def train(
                  "seed": seed}
     if print_recipe:
         placeholders = {"model": "MODEL", "data": "EXPORT_DIR"}
-        resolved = _load(TrainRecipe, recipe, {**placeholders, **overrides})
-        out_console.print(commented_yaml(resolved), markup=False, highlight=False, soft_wrap=True)
+        _print_recipe(TrainRecipe, recipe, overrides, placeholders)
         return
     resolved = resolve(_load(TrainRecipe, recipe, overrides), cuda=torch.cuda.is_available())
     start = Path(resolved.model)
