@@ -175,3 +175,18 @@ def test_the_merged_model_is_evaluated_both_ways(loop: Loop, capsys: pytest.Capt
     assert all(n > 0 for _, n in harness.values())
     recipe = json.loads((loop.merged / "merge_recipe.json").read_text())
     assert recipe["alpha"] == 0.25 and recipe["tuned"]["path"] == str(loop.trained)
+
+
+def test_the_leaderboard_shows_both_checkpoints_with_their_recipe(loop: Loop) -> None:
+    from docthink.registry.leaderboard import build_leaderboard
+
+    registry = Registry(loop.registry)
+    board = build_leaderboard(registry, benchmark="mmlongbench-doc")
+    registry.close()
+    rows = {Path(r.checkpoint).resolve(): r for r in board.rows}
+    assert set(rows) == {loop.trained.resolve(), loop.merged.resolve()}
+    merged, trained = rows[loop.merged.resolve()], rows[loop.trained.resolve()]
+    assert merged.recipe["alpha"] == "0.25" and not trained.recipe.get("alpha")
+    assert merged.recipe["K"] == trained.recipe["K"] == "16"
+    assert merged.scores["mmlongbench-doc"].run_id == loop.runs["eval-merged"].id
+    assert trained.scores["mmlongbench-doc"].run_id == loop.runs["eval-trained"].id

@@ -1,8 +1,8 @@
 """`docthink leaderboard`: checkpoints ranked by benchmark, with and without `<cot>`, with mean
 output tokens and the recipe that made each checkpoint.
 
-A checkpoint is the model an eval run evaluated (its recipe's `model.model`, or the offline
-teacher). Its score on a benchmark is that of its latest successful eval run on it. Its recipe is
+A checkpoint is the model an eval run evaluated (its recipe's `model.model`, the folder of a
+local `model.path`, or the offline teacher). Its score on a benchmark is that of its latest successful eval run on it. Its recipe is
 read from the runs its evals descend from (see `lineage`): eval -> merge -> train -> export ->
 synth; a value that differs between ancestors of the same kind shows them all, joined by ` | `.
 """
@@ -111,9 +111,12 @@ class Leaderboard:
         return buffer.getvalue()
 
 
-def _checkpoint(kind: str | None, model: str | None, similarity: str | None) -> str:
+def _checkpoint(kind: str | None, model: str | None, path: str | None,
+                similarity: str | None) -> str:
     if kind == "teacher":
         return f"docthink-teacher/{similarity}"
+    if kind == "local":  # a checkpoint folder: train or merge output
+        return str(path)
     return str(model)
 
 
@@ -122,13 +125,14 @@ def _eval_scores(registry: Registry) -> dict[str, list[tuple[str, Score]]]:
     out: dict[str, list[tuple[str, Score]]] = {}
     rows = registry.db.execute(
         "SELECT id, started_at, json_extract(recipe, '$.model.kind'),"
-        " json_extract(recipe, '$.model.model'), json_extract(recipe, '$.model.similarity'),"
-        " metrics FROM runs WHERE kind = 'eval' AND status = 'ok'"
+        " json_extract(recipe, '$.model.model'), json_extract(recipe, '$.model.path'),"
+        " json_extract(recipe, '$.model.similarity'), metrics"
+        " FROM runs WHERE kind = 'eval' AND status = 'ok'"
     )
-    for run_id, started, kind, model, similarity, metrics in rows:
+    for run_id, started, kind, model, path, similarity, metrics in rows:
         m = json.loads(metrics)
         score = Score(run_id, started, {key: m.get(key) for _, key in METRICS})
-        out.setdefault(_checkpoint(kind, model, similarity), []).append((m["benchmark"], score))
+        out.setdefault(_checkpoint(kind, model, path, similarity), []).append((m["benchmark"], score))
     return out
 
 
