@@ -50,8 +50,14 @@ def _merge(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def load_recipe(cls: type[R], path: Path | None, overrides: dict[str, Any]) -> R:
-    """Recipe from `path` (YAML) with `overrides` (flags; None means "not given") on top."""
+def load_recipe(
+    cls: type[R],
+    path: Path | None,
+    overrides: dict[str, Any],
+    defaults: dict[str, Any] | None = None,
+) -> R:
+    """Recipe from `path` (YAML) with `overrides` (flags; None means "not given") on top, and
+    `defaults` under it (placeholders for fields neither sets)."""
     data: dict[str, Any] = {}
     source = "flags"
     if path is not None:
@@ -63,7 +69,8 @@ def load_recipe(cls: type[R], path: Path | None, overrides: dict[str, Any]) -> R
         if not isinstance(loaded, dict):
             raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(loaded).__name__}")
         data = loaded
-    data = _merge(data, {k: v for k, v in overrides.items() if v is not None})
+    given = {k: v for k, v in overrides.items() if v is not None}
+    data = _merge(_merge(defaults or {}, data), given)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
@@ -111,7 +118,8 @@ class TraceSettings(Recipe):
 
 class AnswerSettings(Recipe):
     vision_ratio: float = Field(
-        0.5, ge=0, le=1, description="share of questions answered from images; the rest from the trace"
+        0.5, ge=0, le=1,
+        description="share of questions answered from images; the rest from the trace",
     )
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=16)

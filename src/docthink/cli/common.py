@@ -37,7 +37,8 @@ out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 RunsDir = Annotated[Path, typer.Option(help="where run folders go")]
 RegistryOpt = Annotated[
-    Path | None, typer.Option(help="registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]")
+    Path | None,
+    typer.Option(help="registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]"),
 ]
 
 
@@ -54,9 +55,14 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(2)
 
 
-def _load(cls: type[R], recipe: Path | None, overrides: dict[str, object]) -> R:
+def _load(
+    cls: type[R],
+    recipe: Path | None,
+    overrides: dict[str, object],
+    defaults: dict[str, object] | None = None,
+) -> R:
     try:
-        return load_recipe(cls, recipe, overrides)
+        return load_recipe(cls, recipe, overrides, defaults)
     except RecipeError as exc:
         raise _fail(str(exc)) from None
 
@@ -70,7 +76,6 @@ def _print_recipe(
 ) -> None:
     """`--print-recipe`: the resolved recipe, commented; required paths not given on the command
     line show as placeholders."""
-    given = {k: v for k, v in overrides.items() if v is not None}
-    resolved = _load(cls, recipe, {**placeholders, **given})
+    resolved = _load(cls, recipe, overrides, defaults=placeholders)
     text = commented_yaml(resolved) + (f"\n{note}" if note else "")
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -6,13 +6,13 @@ The index is a plain SQLite file: `sqlite3 renders.sqlite 'select * from renders
 from __future__ import annotations
 
 import hashlib
-import sqlite3
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 from docthink.corpus.files import Layout, sharded, write_once
 from docthink.corpus.policy import RenderPolicy
+from docthink.sqlite import open_wal
 
 # Numbered migrations; PRAGMA user_version says how many have run.
 _MIGRATIONS = (
@@ -63,11 +63,7 @@ class RenderIndex:
     def __init__(self, path: Path) -> None:
         self.path = path
         # autocommit mode; transactions are explicit below.
-        self._db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        # Survives a killed process; a power cut may lose the last rows, which only means those
-        # pages get rendered again.
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db = open_wal(path)
         self._migrate()
 
     def _migrate(self) -> None:

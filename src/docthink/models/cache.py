@@ -15,7 +15,6 @@ is cheaper than a hop to a thread.
 from __future__ import annotations
 
 import logging
-import sqlite3
 import time
 from pathlib import Path
 
@@ -29,6 +28,7 @@ from docthink.models.base import (
     Usage,
     UsageMeter,
 )
+from docthink.sqlite import open_wal
 
 log = logging.getLogger(__name__)
 
@@ -51,11 +51,8 @@ MIGRATIONS = (
 class RequestCache:
     def __init__(self, path: Path, busy_timeout_s: float = 60.0) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        # Autocommit (isolation_level=None): every INSERT is its own committed transaction.
-        self._db = sqlite3.connect(path, timeout=busy_timeout_s, isolation_level=None)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
+        # Autocommit: every INSERT is its own committed transaction.
+        self._db = open_wal(path, busy_timeout_s)
         self._migrate()
 
     def _migrate(self) -> None:

@@ -17,6 +17,8 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
+from docthink.sqlite import open_wal
+
 MIGRATIONS: tuple[str, ...] = (
     # 1: runs, their artifacts and their parents
     """
@@ -312,10 +314,7 @@ _RUN_COLUMNS = (
 class Registry:
     def __init__(self, path: Path) -> None:
         self.path = path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        self.db = sqlite3.connect(path, timeout=60, isolation_level=None)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
+        self.db = open_wal(path)
         self.db.execute("PRAGMA foreign_keys=ON")
         self._migrate()
 
