@@ -36,6 +36,11 @@ console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
 
 RunsDir = Annotated[Path, typer.Option(help="where run folders go")]
+RecipeOpt = Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")]
+SeedOpt = Annotated[int | None, typer.Option(help="seed of every random choice")]
+PrintRecipe = Annotated[
+    bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
+]
 RegistryOpt = Annotated[
     Path | None,
     typer.Option(help="registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]"),

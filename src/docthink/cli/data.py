@@ -13,8 +13,11 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PrintRecipe,
+    RecipeOpt,
     RegistryOpt,
     RunsDir,
+    SeedOpt,
     _fail,
     _load,
     _print_recipe,
@@ -64,7 +67,7 @@ def ingest(
     render: Annotated[
         bool, typer.Option("--render", help="also render every page at the recipe's policy now")
     ] = False,
-    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
+    recipe: RecipeOpt = None,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
@@ -162,11 +165,9 @@ def synth(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
     questions: Annotated[Path | None, typer.Option(help="questions JSONL/Parquet/samples.json")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
-    print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
-    ] = False,
+    recipe: RecipeOpt = None,
+    seed: SeedOpt = None,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
@@ -276,11 +277,9 @@ def run_questions(recipe: QuestionsRecipe, runs_dir: Path, registry: Path | None
 def questions(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
-    print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
-    ] = False,
+    recipe: RecipeOpt = None,
+    seed: SeedOpt = None,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
@@ -328,11 +327,9 @@ def run_tasks(recipe: TasksRecipe, runs_dir: Path, registry: Path | None) -> Pat
 def tasks(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
-    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
-    seed: Annotated[int | None, typer.Option(help="seed of every random choice")] = None,
-    print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
-    ] = False,
+    recipe: RecipeOpt = None,
+    seed: SeedOpt = None,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:

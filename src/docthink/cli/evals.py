@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PrintRecipe,
     RegistryOpt,
     RunsDir,
     _fail,
@@ -50,9 +51,7 @@ def eval_run(
     judge_name: Annotated[str | None, typer.Option(help="judge model name")] = None,
     extract_prompt: Annotated[Path | None, typer.Option(help="judge prompt file")] = None,
     concurrency: Annotated[int | None, typer.Option(help="requests in flight")] = None,
-    print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="print the resolved recipe and exit")
-    ] = False,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:

@@ -9,6 +9,8 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PrintRecipe,
+    RecipeOpt,
     RegistryOpt,
     RunsDir,
     _fail,
@@ -40,7 +42,7 @@ def merge(
     shard_size: Annotated[int | None, typer.Option(help="bytes per output shard")] = None,
     chunk_bytes: Annotated[int | None, typer.Option(help="buffer budget (memory)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing output folders")] = False,
-    recipe: Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")] = None,
+    recipe: RecipeOpt = None,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
@@ -97,9 +99,7 @@ def train(
     merge_alphas: Annotated[
         str | None, typer.Option("--merge", help="then merge into the starting model: 0.25 or 0.25,0.5")
     ] = None,
-    print_recipe: Annotated[
-        bool, typer.Option("--print-recipe", help="print the resolved recipe and exit")
-    ] = False,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
