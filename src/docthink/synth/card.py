@@ -37,6 +37,20 @@ def _table(counts: dict[str, int] | Counter[str]) -> list[str]:
     return rows
 
 
+def usage_table(usage: dict[str, dict[str, object]], label: str) -> list[str]:
+    """Markdown rows of requests and tokens per model (`UsageMeter.as_dict()` values)."""
+    rows = [
+        f"| {label} | requests | cache hits | failures | prompt tokens | completion tokens |",
+        "|---|---|---|---|---|---|",
+    ]
+    rows += [
+        f"| {name} | {u['requests']} | {u['cache_hits']} | {u['failures']} |"
+        f" {u['prompt_tokens']} | {u['completion_tokens']} |"
+        for name, u in usage.items()
+    ]
+    return rows
+
+
 def write_card(
     result: SynthResult, out: Path, *, recipe_hash: str, usage: dict[str, dict[str, object]]
 ) -> Path:
@@ -93,13 +107,7 @@ def write_card(
         "",
         "## Tokens spent",
         "",
-        "| stage model | requests | cache hits | failures | prompt tokens | completion tokens |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {stage} | {u['requests']} | {u['cache_hits']} | {u['failures']} |"
-            f" {u['prompt_tokens']} | {u['completion_tokens']} |"
-            for stage, u in usage.items()
-        ],
+        *usage_table(usage, "stage model"),
         "",
     ]
     path = out / "card.md"

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from docthink.synth.card import bar_chart
+from docthink.synth.card import bar_chart, usage_table
 from docthink.synth.question_recipe import ContextSettings
 from docthink.synth.questions_gen import QuestionsResult
 from docthink.synth.tasks_free import TasksResult
@@ -111,13 +111,7 @@ def write_questions_card(
         "",
         "## Requests",
         "",
-        "| model | requests | cache hits | failures | prompt tokens | completion tokens |",
-        "|---|---|---|---|---|---|",
-        *[
-            f"| {stage} | {u['requests']} | {u['cache_hits']} | {u['failures']} |"
-            f" {u['prompt_tokens']} | {u['completion_tokens']} |"
-            for stage, u in usage.items()
-        ],
+        *usage_table(usage, "model"),
         "",
     ]
     path = out / "card.md"
