@@ -1,9 +1,16 @@
-"""Suite-wide settings: nothing may reach a model hub (there is no network), and runs recorded
-by tests go to a temporary registry, never the developer's `runs/`."""
+"""Suite-wide settings: nothing may reach a model hub (there is no network), and nothing the tests
+run may write the checkout or the user's default registry and run folders.
+
+Runs recorded by tests go to a temporary registry and runs folder: one for the whole session (so
+fixtures of any scope are covered) and a fresh registry per test. At the end of the session the
+checkout and the current folder are compared with how they were at its start: anything left
+behind fails the suite."""
 
 from __future__ import annotations
 
 import os
+import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -11,6 +18,43 @@ import pytest
 # Set before any test imports transformers: without it a hub id fails only after minutes of retries.
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
+
+CHECKOUT = Path(__file__).resolve().parents[1]
+# Files Python and pytest write by themselves; everything else a test leaves is a leak.
+BY_PRODUCTS = ("__pycache__/", ".pytest_cache/", ".egg-info/")
+
+
+def _left_behind(folder: Path) -> set[str]:
+    """Every file git would list in `folder`'s checkout, ignored ones included, and the default
+    run folder (`runs/` under the current folder)."""
+    status = subprocess.run(
+        ["git", "-C", str(folder), "status", "--porcelain", "--ignored", "--untracked-files=all"],
+        capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    files = {line for line in status if not any(p in line for p in BY_PRODUCTS)}
+    runs = Path.cwd() / "runs"
+    if runs.exists():
+        files |= {f"runs: {p}" for p in runs.rglob("*")}
+    worktrees = subprocess.run(["git", "-C", str(folder), "worktree", "list", "--porcelain"],
+                               capture_output=True, text=True, check=True).stdout
+    return files | {line for line in worktrees.splitlines() if line.startswith("worktree ")}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None]:
+    root = tmp_path_factory.mktemp("docthink-session")
+    saved = {k: os.environ.get(k) for k in ("DOCTHINK_REGISTRY", "DOCTHINK_RUNS_DIR")}
+    os.environ["DOCTHINK_REGISTRY"] = str(root / "registry.sqlite")
+    os.environ["DOCTHINK_RUNS_DIR"] = str(root / "runs")
+    before = _left_behind(CHECKOUT)
+    yield
+    for key, value in saved.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    leaked = sorted(_left_behind(CHECKOUT) - before)
+    assert not leaked, f"the tests left these in the checkout or ./runs: {leaked}"
 
 
 @pytest.fixture(autouse=True)

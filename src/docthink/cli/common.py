@@ -35,7 +35,9 @@ app.add_typer(runs_app, name="runs")
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
 
-RunsDir = Annotated[Path, typer.Option(help="where run folders go")]
+RunsDir = Annotated[
+    Path, typer.Option(envvar="DOCTHINK_RUNS_DIR", help="where run folders go")
+]
 RecipeOpt = Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")]
 SeedOpt = Annotated[int | None, typer.Option(help="seed of every random choice")]
 PrintRecipe = Annotated[

@@ -134,6 +134,11 @@ def default_registry_path() -> Path:
     return Path(os.environ.get("DOCTHINK_REGISTRY", "runs/registry.sqlite"))
 
 
+def default_runs_dir() -> Path:
+    """`DOCTHINK_RUNS_DIR` if set, else `./runs`: where run folders go."""
+    return Path(os.environ.get("DOCTHINK_RUNS_DIR", "runs"))
+
+
 def now_iso() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds")
 

@@ -28,7 +28,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
-from docthink.runs.registry import Artifact, Registry, default_registry_path
+from docthink.runs.registry import Artifact, Registry, default_registry_path, default_runs_dir
 
 # Versions recorded with every run: what can change a result.
 TRACKED_PACKAGES = (
@@ -202,7 +202,7 @@ def start_run(
     recipe: BaseModel,
     *,
     command: list[str],
-    runs_dir: Path = Path("runs"),
+    runs_dir: Path | None = None,
     registry_path: Path | None = None,
     parents: Iterable[str] = (),
     inputs: Iterable[Path] = (),
@@ -211,7 +211,7 @@ def start_run(
 
     The record is written as `running` first, so a killed process still leaves a trace."""
     run_id = new_run_id(kind)
-    run_dir = runs_dir / run_id
+    run_dir = (runs_dir or default_runs_dir()) / run_id
     run_dir.mkdir(parents=True)
     resolved = recipe_json(recipe)
     (run_dir / "recipe.yaml").write_text(
