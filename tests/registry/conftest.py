@@ -1,8 +1,18 @@
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +29,56 @@ def cli(*args: str | Path, code: int = 0) -> str:
     result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
     assert result.exit_code == code, result.output
     return result.output
+
+
+def files_of(root: Path) -> dict[str, str]:
+    """Every readable file under `root` and its sha256, registry files aside (compare those with
+    `registry_rows`: a read may checkpoint the write-ahead log into the file)."""
+    files = {}
+    for path in sorted(root.rglob("*")):
+        if path.is_file() and ".sqlite" not in path.name and os.access(path, os.R_OK):
+            files[str(path.relative_to(root))] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return files
+
+
+def registry_rows(path: Path) -> list[str]:
+    """The registry's schema and rows, as SQL."""
+    db = sqlite3.connect(path)
+    try:
+        return list(db.iterdump())
+    finally:
+        db.close()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def serving(registry: Path, port: int) -> Iterator[str]:
+    """`docthink serve` on `registry`, the real command with its default host; yields its URL."""
+    proc = subprocess.Popen([sys.executable, "-m", "docthink.cli", "serve", "--port", str(port),
+                             "--registry", str(registry)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            urllib.request.urlopen(url + "/runs", timeout=5).read()
+            break
+        except (urllib.error.URLError, ConnectionError):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                output = proc.stdout.read() if proc.stdout else ""
+                raise RuntimeError(f"docthink serve did not start: {output}") from None
+            time.sleep(0.2)
+    try:
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(10)
 
 
 @pytest.fixture

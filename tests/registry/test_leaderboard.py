@@ -7,13 +7,15 @@ from __future__ import annotations
 import csv
 import io
 import json
+from dataclasses import replace
 from pathlib import Path
 
 from docthink.registry.leaderboard import build_leaderboard
 from docthink.registry.page import render_static
-from docthink.runs.registry import Registry
+from docthink.runs.registry import Artifact, Registry
 from tests.registry.conftest import XSS, XSS_IMG, cli
-from tests.registry.history import RunSpec
+from tests.registry.history import RunSpec, history
+from tests.registry.history import record as record_runs
 
 
 def _by_id(runs: list[RunSpec]) -> dict[str, RunSpec]:
@@ -39,8 +41,8 @@ def test_rows_carry_scores_and_the_recipe_from_lineage(small_history: tuple[Path
             assert row.value(bench, "acc") == ev.metrics["acc"]
             assert row.value(bench, "mean_output_tokens_cot") == ev.metrics["mean_output_tokens_cot"]
         kinds = [kind for _, kind in row.lineage]
-        assert kinds == ["merge", "train", "export", "synth"]
-        merge, train, _, synth = (runs_by_id[run_id] for run_id, _ in row.lineage)
+        assert kinds == ["synth", "export", "train", "merge"]  # from the data to the checkpoint
+        synth, _, train, merge = (runs_by_id[run_id] for run_id, _ in row.lineage)
         alpha = merge.recipe["alphas"][merge.recipe["outs"].index(row.checkpoint)]  # type: ignore[union-attr,index]
         assert row.recipe["alpha"] == f"{alpha:g}"
         assert row.recipe["base model"] == train.recipe["model"]  # train wins over merge.base
@@ -51,6 +53,36 @@ def test_rows_carry_scores_and_the_recipe_from_lineage(small_history: tuple[Path
                                   metric="mean_output_tokens_cot")
     tokens = [r.value("mmlbd-c", "mean_output_tokens_cot") for r in by_tokens.rows]
     assert tokens == sorted(tokens)  # fewer tokens rank first
+
+
+def test_lineage_lists_runs_from_the_data_to_the_checkpoint(tmp_path: Path) -> None:
+    """An eval also reads the corpus an ingest made, so the ingest is one step from the eval as
+    well as four steps up its model's lineage: a nearest-first walk listed ingest, merge, train,
+    export, synth. The lineage is in dependency order: each run after every run it used."""
+    runs = history(1, seed=3)
+    manifest = Artifact("output", "/data/corpus/manifest.jsonl", "c" * 64, 10)
+    ingest = RunSpec("000000-ingest", "ingest", "2026-02-28T00:00:00.000+00:00",
+                     {"pdf_dir": "/pdfs", "out": "/data/corpus"}, {}, artifacts=[manifest])
+    for run in runs:
+        if run.kind in ("synth", "eval"):
+            run.artifacts.append(replace(manifest, role="input"))
+    with Registry(tmp_path / "r.sqlite") as registry:
+        record_runs(registry, [ingest, *runs])
+        board = build_leaderboard(registry)
+    assert len(board.rows) == 3
+    for row in board.rows:
+        assert [kind for _, kind in row.lineage] == ["ingest", "synth", "export", "train", "merge"]
+    assert board.records()[0]["lineage"][0] == "ingest:000000-ingest"
+
+
+def test_an_empty_board_says_what_fills_it(tmp_path: Path) -> None:
+    """After `docthink demo` there are data runs and no eval: the board says which command makes
+    its rows instead of showing an empty table."""
+    with Registry(tmp_path / "r.sqlite") as registry:
+        record_runs(registry, history(1)[:3])  # synth, export, train
+    out = " ".join(cli("leaderboard", "--registry", tmp_path / "r.sqlite").split())
+    assert "No checkpoints yet: a row is a model scored by `docthink eval run`" in out
+    assert "┃" not in out  # no empty table
 
 
 def test_a_newer_eval_replaces_the_older_score(small_history: tuple[Path, list[RunSpec]]) -> None:
@@ -85,8 +117,8 @@ def test_csv_and_json_exports_hold_every_row(small_history: tuple[Path, list[Run
     for row, record in zip(rows, data["rows"], strict=True):
         assert row["checkpoint"] == record["checkpoint"]
         assert float(row["mmlbd-c acc <cot>"]) == record["mmlbd-c acc <cot>"]
-        assert row["lineage"] == " < ".join(record["lineage"])
-        assert record["lineage"][0].startswith("merge:")
+        assert row["lineage"] == " -> ".join(record["lineage"])
+        assert record["lineage"][0].startswith("synth:") and record["lineage"][-1].startswith("merge:")
     assert "<script>" in (tmp_path / "b.html").read_text()  # the page's own script only
     assert "error" in cli("leaderboard", "--registry", path, "--benchmark", "nope", code=2)
 

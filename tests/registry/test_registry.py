@@ -41,12 +41,30 @@ def test_an_old_registry_file_is_migrated_and_its_runs_indexed(tmp_path: Path) -
     db.commit()
     db.close()
     with Registry(path) as registry:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 3
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
         assert registry.get("old-1").recipe == {"trace": {"top_k": 24}}
         stats = update_index(registry, None)
         assert stats.runs == 1
         (text,) = registry.db.execute("SELECT text FROM search_docs WHERE run_id = 'old-1'").fetchone()
         assert "trace.top_k=24" in text
+
+
+def test_an_indexed_registry_keeps_its_index_through_migration_4(tmp_path: Path) -> None:
+    """Migration 4 adds the reason a data file was skipped; files indexed before it keep their
+    rows (reason NULL) and are re-read only when they change."""
+    path = tmp_path / "v3.sqlite"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:3]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 3")
+    db.execute("INSERT INTO search_files (run_id, path, fingerprint, rows)"
+               " VALUES ('r', '/data/traces.parquet', '10:20', 5)")
+    db.commit()
+    db.close()
+    with Registry(path) as registry:
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert registry.db.execute("SELECT path, rows, reason FROM search_files").fetchall() == [
+            ("/data/traces.parquet", 5, None)]
 
 
 def test_notes_and_tags_are_recorded_shown_and_filtered(small_history: tuple[Path, list[RunSpec]]) -> None:
@@ -177,8 +195,8 @@ def test_verify_reports_changed_and_missing_artifacts(tmp_path: Path) -> None:
     (folder / "b.txt").write_text("new file in an output folder")
     gone.unlink()
     out = cli("runs", "verify", "--registry", registry, code=1)
-    assert f"changed  {run.id} output {folder.resolve()}" in out
-    assert f"missing  {run.id} output {gone.resolve()}" in out
+    assert f"changed    {run.id} output {folder.resolve()}" in out
+    assert f"missing    {run.id} output {gone.resolve()}" in out
     assert "3 artifacts: 1 ok, 1 changed, 1 missing" in out
 
 

@@ -1,17 +1,20 @@
 """`docthink reproduce`: the printed command reruns the run from its recorded recipe; with --run
 the rerun's outputs hash the same as the recorded ones (a real export), differ when its input
-changed, and an other commit runs from a temporary git worktree that is removed afterwards."""
+changed, and an other commit runs from a temporary clone that registers nothing in the checkout;
+printing writes nothing, and what it prints reruns the run."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from docthink.registry import reproduce
 from docthink.runs.registry import Registry
-from tests.registry.conftest import Pipeline, cli
+from tests.registry.conftest import Pipeline, cli, files_of, registry_rows
 
 
 def test_print_names_commit_recipe_and_command(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -25,6 +28,34 @@ def test_print_names_commit_recipe_and_command(pipeline: Pipeline, tmp_path: Pat
     assert f"\ncd {pipeline.root}\n" in out
     assert f"docthink export synth --format trl --out {tmp_path / 'again' / 'export'}" in out
     assert not (tmp_path / "again").exists()  # printing runs nothing
+
+
+def test_printing_writes_nothing_and_prints_a_script_that_reruns(
+    pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`docthink reproduce RUN` with the default target (`runs/reproduce-<id>/`) writes no file
+    and no row (issue 11, stumble 6); the recipe travels in the printed lines, which run as is."""
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    synth = pipeline.run_of("synth")
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    monkeypatch.delenv("DOCTHINK_RUNS_DIR", raising=False)
+    before = files_of(pipeline.root), files_of(tmp_path), registry_rows(path)
+    script = cli("reproduce", synth, "--registry", path)
+    assert (files_of(pipeline.root), files_of(tmp_path), registry_rows(path)) == before
+    assert not (here / "runs").exists()
+    target = here / "runs" / f"reproduce-{synth}"
+    assert f"cat > {target / f'recipe-{synth}.yaml'} <<'DOCTHINK_RECIPE'" in script
+    assert f"\nout: {target / 'synth'}\n" in script  # the recipe, outputs redirected
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}"}
+    done = subprocess.run(["bash", "-e"], input=script, env=env, capture_output=True, text=True,
+                          check=False, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with Registry(target / "registry.sqlite") as own:
+        (rerun,) = own.list()
+    assert (rerun.kind, rerun.status) == ("synth", "ok")
+    assert (target / "synth" / "examples.jsonl").exists()
 
 
 def test_export_round_trip_gives_the_recorded_hashes(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -60,7 +91,12 @@ def test_a_changed_input_gives_different_hashes(pipeline: Pipeline, tmp_path: Pa
     assert "outputs differ: 0 same, 1 different, 0 missing" in out
 
 
-def test_another_commit_runs_in_a_temporary_worktree(
+def _worktrees(repo: Path) -> str:
+    return subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"],
+                          capture_output=True, text=True, check=True).stdout
+
+
+def test_another_commit_runs_from_a_temporary_clone_and_leaves_the_checkout_alone(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = pipeline.copy_registry(tmp_path / "r.sqlite")
@@ -68,15 +104,17 @@ def test_another_commit_runs_in_a_temporary_worktree(
     with Registry(path) as registry:
         commit = registry.get(export).git_commit
     repo = Path(reproduce.__file__).resolve().parents[3]
+    worktrees = _worktrees(repo)
     # pretend the checkout moved on since the run: the recorded commit must be checked out
     monkeypatch.setattr(reproduce, "code_version", lambda: ("f" * 40, False))
     printed = cli("reproduce", export, "--out", tmp_path / "printed", "--registry", path)
     assert f"git checkout {commit}" in printed
     out = cli("reproduce", export, "--run", "--out", tmp_path / "again", "--registry", path)
     assert "identical outputs" in out
-    worktrees = subprocess.run(["git", "-C", str(repo), "worktree", "list"], capture_output=True,
-                               text=True, check=True).stdout
-    assert "docthink-reproduce-" not in worktrees
+    with Registry(tmp_path / "again" / "registry.sqlite") as own:
+        (rerun,) = own.list()
+    assert rerun.git_commit == commit and rerun.git_dirty is False  # ran from a clean checkout
+    assert _worktrees(repo) == worktrees  # nothing registered in the user's checkout
 
 
 def test_a_kind_without_a_command_is_refused(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ def test_generated_data_and_eval_rows_are_indexed_and_found(pipeline: Pipeline, 
         stats = update_index(registry, None)
         assert stats.runs == 4  # ingest, synth, export, eval
         assert stats.files_read == 4  # questions, traces, answers; predictions
-        assert stats.files_missing == []
+        assert stats.skipped == []
         counts = dict(registry.db.execute("SELECT source, count(*) FROM search_docs GROUP BY source"))
         n = len(pipeline.facts)
         assert counts == {"run": 4, "question": n, "trace": n, "answer": n, "prediction": 2 * n}

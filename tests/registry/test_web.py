@@ -5,10 +5,6 @@ opens); only GET routes; bound to 127.0.0.1 unless told otherwise."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
-import sys
-import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -19,7 +15,7 @@ import pytest
 
 from docthink.registry.leaderboard import build_leaderboard
 from docthink.runs.registry import Registry
-from tests.registry.conftest import XSS, XSS_IMG
+from tests.registry.conftest import XSS, XSS_IMG, free_port, serving
 from tests.registry.history import RunSpec, history, record
 
 pytest.importorskip("fastapi", reason="the web UI needs the 'web' extra (fastapi, jinja2, uvicorn)")
@@ -31,12 +27,6 @@ class Server:
     port: int
     registry: Path
     runs: list[RunSpec]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _hostile(path: Path) -> list[RunSpec]:
@@ -59,24 +49,9 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """The real command, with its default host."""
     path = tmp_path_factory.mktemp("web") / "registry.sqlite"
     runs = _hostile(path)
-    port = _free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "docthink.cli", "serve", "--port", str(port),
-                             "--registry", str(path)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(url + "/runs", timeout=5).read()
-            break
-        except (urllib.error.URLError, ConnectionError):
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError(f"docthink serve did not start: {proc.stdout.read() if proc.stdout else ''}") from None
-            time.sleep(0.2)
-    yield Server(url, port, path, runs)
-    proc.terminate()
-    proc.wait(10)
+    port = free_port()
+    with serving(path, port) as url:
+        yield Server(url, port, path, runs)
 
 
 def _listening(port: int) -> list[str]:
@@ -104,6 +79,22 @@ def test_only_get_routes(server: Server) -> None:
     with pytest.raises(urllib.error.HTTPError) as missing:
         urllib.request.urlopen(server.url + "/runs/no-such-run", timeout=10)
     assert missing.value.code == 404
+
+
+def _body(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()
+
+
+def test_the_leaderboard_is_at_both_addresses(server: Server, tmp_path: Path) -> None:
+    board = _body(server.url + "/")
+    assert '<table id="board"' in board and _body(server.url + "/leaderboard") == board
+    # an empty registry's board says what fills it
+    empty = tmp_path / "empty.sqlite"
+    Registry(empty).close()
+    with serving(empty, free_port()) as url:
+        page = _body(url + "/leaderboard")
+    assert '<p id="empty">No checkpoints yet: a row is a model scored by `docthink eval run`' in page
 
 
 def _texts(page: object, selector: str) -> list[str]:

@@ -73,6 +73,8 @@ def runs_list(
 @runs_app.command("show")
 def runs_show(run_id: str, registry: RegistryOpt = None) -> None:
     """Everything recorded about one run, as YAML."""
+    from docthink.registry.index import skipped_files
+
     reg = _registry(registry)
     try:
         record = reg.get(reg.resolve(run_id))
@@ -85,6 +87,9 @@ def runs_show(run_id: str, registry: RegistryOpt = None) -> None:
         "artifacts": [a.__dict__ for a in record.artifacts],
         "tags": list(record.tags),
         "notes": [n.__dict__ for n in record.notes],
+        # as of the search index's last update; `runs verify` reads them now
+        "search_skipped": [{"path": s.path, "reason": s.reason}
+                           for s in skipped_files(reg, [record.id])],
     }
     out_console.print(yaml.safe_dump(json.loads(json.dumps(data)), sort_keys=False), end="", markup=False)
 
@@ -197,24 +202,32 @@ def runs_verify(
     kind: Annotated[str | None, typer.Option(help="only runs of this kind")] = None,
     registry: RegistryOpt = None,
 ) -> None:
-    """Re-hash every recorded input and output; list what changed or is missing (exit 1 if any)."""
+    """Re-hash every recorded input and output; list what changed, is missing or cannot be read
+    (exit 1 if any); then the data files search cannot read, and why."""
     from collections import Counter
 
-    from docthink.registry.verify import verify
+    from docthink.registry.verify import unreadable, verify
     from docthink.runs.registry import RunFilter
 
     reg = _registry(registry)
     ids = ([_run_id(reg, r) for r in run_ids] if run_ids
            else reg.find_ids(RunFilter(kind=kind), limit=None))
-    checks = verify(reg.records(ids))
+    records = reg.records(ids)
+    checks = verify(records)
     bad = [c for c in checks if c.status != "ok"]
     for c in bad:
         now = "" if c.sha256 is None else f" now {c.sha256[:12]} ({c.size} bytes)"
-        _say(f"{c.status:8} {c.run_id} {c.artifact.role} {c.artifact.path}: recorded "
+        why = "" if c.reason is None else f" ({c.reason})"
+        _say(f"{c.status:10} {c.run_id} {c.artifact.role} {c.artifact.path}{why}: recorded "
              f"{c.artifact.sha256[:12]} ({c.artifact.size} bytes){now}")
+    gone = {c.artifact.path for c in checks if c.status == "missing"}
+    skipped = unreadable(records, gone)
+    for s in skipped:
+        _say(f"{'no search':10} {s.run_id} {s.path}: {s.reason}")
     counts = Counter(c.status for c in checks)
     _say(f"{len(ids)} runs, {len(checks)} artifacts: {counts['ok']} ok, {counts['changed']} "
-         f"changed, {counts['missing']} missing")
+         f"changed, {counts['missing']} missing, {counts['unreadable']} unreadable; "
+         f"{len({s.path for s in skipped})} data files search cannot read")
     if bad:
         raise typer.Exit(1)
 
@@ -232,7 +245,7 @@ def leaderboard(
     registry: RegistryOpt = None,
 ) -> None:
     """Checkpoints ranked by benchmark, with and without <cot>, and the recipe that made each."""
-    from docthink.registry.leaderboard import METRICS, build_leaderboard
+    from docthink.registry.leaderboard import EMPTY, METRICS, build_leaderboard
     from docthink.registry.page import render_static
 
     try:
@@ -245,6 +258,9 @@ def leaderboard(
         if path is not None:
             path.write_text(text, encoding="utf-8")
             _say(f"wrote {path}")
+    if not board.rows:
+        _say(EMPTY)
+        return
     # The terminal gets the ranked benchmark in full, the others' accuracies and the main recipe
     # columns; the files get every column.
     bench, key = board.ranked_by
@@ -289,7 +305,7 @@ def search(
 ) -> None:
     """Search runs, recipes, notes, generated data and eval answers: BM25 and MiniLM, fused."""
     from docthink.registry.embed import MISSING, embedding_available, load_embedder
-    from docthink.registry.index import update_index
+    from docthink.registry.index import skipped_files, skipped_line, update_index
     from docthink.registry.search import Searcher, marked
 
     reg = _registry(registry)
@@ -297,6 +313,9 @@ def search(
     stats = update_index(reg, embedder, rescan=rescan)
     if stats.runs:
         _say(stats.line())
+    skipped = skipped_files(reg)
+    if skipped:
+        _say(skipped_line(skipped))
     if semantic and not embedding_available():
         _say(MISSING)
     result = Searcher(reg, embedder).search(query, limit=limit * 5 if per_run else limit,
@@ -358,6 +377,8 @@ def reproduce(
     target = out or runs_dir / f"reproduce-{record.id}"
     try:
         steps = plan(record, target, cwd)
+        if execute:
+            steps.require_inputs()
     except ReproduceError as exc:
         raise _fail(str(exc)) from None
     for line in steps.describe():

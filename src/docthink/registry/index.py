@@ -3,8 +3,8 @@ registry's own tables (FTS5 over them, embeddings beside them).
 
 Indexing is incremental. Triggers log every run whose record, notes or tags change
 (`run_changes`); `update_index` re-reads only those runs, and of their data files only the ones
-whose size or mtime changed since they were indexed (`search_files`). Texts that did not change
-keep their rows and their embeddings; equal texts share one embedding.
+whose fingerprint (size, mtime, ctime) changed since they were indexed (`search_files`). Texts
+that did not change keep their rows and their embeddings; equal texts share one embedding.
 
 What is indexed:
 - every run: id, kind, status, command, the recipe as dotted fields, metrics, tags, error;
@@ -12,21 +12,36 @@ What is indexed:
 - synth runs: the questions read (the input file), traces.parquet and answers.parquet beside
   examples.jsonl;
 - eval runs: predictions.jsonl (question, reference answer, response, extracted answer).
+
+A failed run contributes its record (recipe, error), notes and tags, the questions it was given,
+and of its data only the outputs it finished and recorded (outputs are recorded once written).
+
+A registry outlives its files: they get edited, truncated, deleted, replaced by other formats, or
+were malformed from the start. No file stops the index. One that cannot be read (gone, a folder,
+no permission, not the format expected) is skipped with its reason, kept in `search_files` with
+the fingerprint it had, and tried again when that changes; texts indexed from it before it broke
+stay. Reading stays strict (a row that does not validate makes the file unreadable, rather than
+half-indexed), and so do the pipeline's own readers: only the index skips.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import stat
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
+from pydantic import BaseModel, ValidationError
 
 from docthink.registry.diff import flatten, show
 from docthink.registry.embed import Embedder
 from docthink.runs.registry import Registry, RunRecord
+
+M = TypeVar("M", bound=BaseModel)
 
 # Sources with natural-language text get embeddings; run records (JSON fields, numbers) are
 # served by full-text search alone.
@@ -52,22 +67,39 @@ class DataFile:
     read: Callable[[Path], list[Doc]]
 
 
+@dataclass(frozen=True)
+class Skipped:
+    """A data file the index could not read, and why."""
+
+    run_id: str
+    path: str
+    reason: str
+
+
 @dataclass
 class IndexStats:
     runs: int = 0
     docs_added: int = 0
     docs_removed: int = 0
     files_read: int = 0
-    files_missing: list[str] = field(default_factory=list)
+    skipped: list[Skipped] = field(default_factory=list)  # tried in this update and unreadable
     embedded: int = 0
     semantic: bool = False
 
     def line(self) -> str:
         text = (f"indexed {self.runs} changed runs: +{self.docs_added} -{self.docs_removed} texts, "
                 f"{self.files_read} data files read")
-        if self.files_missing:
-            text += f", {len(self.files_missing)} recorded data files missing"
         return text + (f", {self.embedded} embedded" if self.semantic else ", no embeddings")
+
+
+def skipped_line(skipped: Sequence[Skipped], named: int = 3) -> str:
+    """One line for all the files search skips: a path several runs recorded counts once."""
+    reasons = {s.path: s.reason for s in skipped}
+    items = [f"{path} ({reason})" for path, reason in list(reasons.items())[:named]]
+    more = f" and {len(reasons) - named} more" if len(reasons) > named else ""
+    files = "file" if len(reasons) == 1 else "files"
+    return (f"{len(reasons)} {files} skipped: {', '.join(items)}{more}; "
+            "see `docthink runs verify`")
 
 
 # -- what a run contributes -----------------------------------------------------------------------
@@ -94,19 +126,71 @@ def registry_docs(record: RunRecord) -> list[Doc]:
             *(Doc("note", str(n.id), n.text) for n in record.notes)]
 
 
-def _read_traces(path: Path) -> list[Doc]:
+class _TraceRow(BaseModel):
+    qid: str
+    text: str
+
+
+class _AnswerRow(BaseModel):
+    qid: str
+    branch: str
+    text: str
+    failure: str | None
+
+
+class _PredictionRow(BaseModel):
+    index: int
+    mode: str
+    question: str
+    answer: str
+    response: str | None  # None: the request failed
+    pred: str
+
+
+def _validated(model: type[M], rows: Iterator[tuple[int, object]]) -> list[M]:
+    out = []
+    for number, row in rows:
+        try:
+            out.append(model.model_validate(row))
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = ".".join(str(p) for p in err["loc"]) or "row"
+            raise ValueError(f"row {number}: {field}: {err['msg']}") from None
+    return out
+
+
+def _parquet_rows(path: Path, columns: list[str]) -> Iterator[tuple[int, object]]:
+    import pyarrow as pa
     import pyarrow.parquet as pq
 
-    table = pq.read_table(path, columns=["qid", "text"]).to_pylist()
-    return [Doc("trace", row["qid"], row["text"]) for row in table]
+    try:
+        table = pq.read_table(path, columns=columns)
+    except pa.ArrowException as exc:  # not Parquet, truncated, a column missing
+        detail = str(exc).splitlines()[0].removeprefix(
+            f"Could not open Parquet input source '{path}': ")
+        raise ValueError(f"not a Parquet table with columns {', '.join(columns)}: {detail}") from None
+    yield from enumerate(table.to_pylist(), start=1)
+
+
+def _jsonl_rows(path: Path) -> Iterator[tuple[int, object]]:
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            try:
+                yield number, json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"row {number}: not JSON: {exc.msg}") from None
+
+
+def _read_traces(path: Path) -> list[Doc]:
+    rows = _validated(_TraceRow, _parquet_rows(path, ["qid", "text"]))
+    return [Doc("trace", r.qid, r.text) for r in rows]
 
 
 def _read_answers(path: Path) -> list[Doc]:
-    import pyarrow.parquet as pq
-
-    rows = pq.read_table(path, columns=["qid", "branch", "text", "failure"]).to_pylist()
-    return [Doc("answer", f"{r['qid']}/{r['branch']}", r["text"]) for r in rows
-            if r["failure"] is None]
+    rows = _validated(_AnswerRow, _parquet_rows(path, ["qid", "branch", "text", "failure"]))
+    return [Doc("answer", f"{r.qid}/{r.branch}", r.text) for r in rows if r.failure is None]
 
 
 def _read_questions(path: Path) -> list[Doc]:
@@ -120,14 +204,10 @@ def _read_questions(path: Path) -> list[Doc]:
 
 
 def _read_predictions(path: Path) -> list[Doc]:
-    docs = []
-    with path.open(encoding="utf-8") as f:
-        for line in f:
-            p = json.loads(line)
-            text = (f"{p['question']}\nreference answer: {p['answer']}\n"
-                    f"response: {p['response']}\nextracted: {p['pred']}")
-            docs.append(Doc("prediction", f"{p['index']}/{p['mode']}", text))
-    return docs
+    return [Doc("prediction", f"{p.index}/{p.mode}",
+                f"{p.question}\nreference answer: {p.answer}\nresponse: {p.response}\n"
+                f"extracted: {p.pred}")
+            for p in _validated(_PredictionRow, _jsonl_rows(path))]
 
 
 def data_files(record: RunRecord) -> list[DataFile]:
@@ -147,12 +227,48 @@ def data_files(record: RunRecord) -> list[DataFile]:
     return files
 
 
-def _fingerprint(path: Path) -> str | None:
+# What reading a file that was edited, truncated, replaced or malformed raises: OSError (gone, no
+# permission, a folder) and ValueError (not UTF-8, not JSON, not Parquet, a row that does not
+# validate: QuestionsError, pyarrow's ArrowInvalid and UnicodeDecodeError are ValueErrors).
+UNREADABLE = (OSError, ValueError)
+
+
+def look(path: Path) -> tuple[str, str | None]:
+    """The file's fingerprint (size, mtime and ctime: rewritten, replaced or chmod-ed, it
+    changes), and the reason it cannot be read when that shows without reading it."""
     try:
-        stat = path.stat()
+        info = path.stat()
     except FileNotFoundError:
-        return None
-    return f"{stat.st_size}:{stat.st_mtime_ns}"
+        return "missing", "missing"
+    except OSError as exc:  # a folder on the way that cannot be entered, or is a file
+        return f"error {exc.errno}", str(exc.strerror).lower()
+    fingerprint = f"{info.st_size}:{info.st_mtime_ns}:{info.st_ctime_ns}"
+    if stat.S_ISDIR(info.st_mode):
+        return fingerprint, "a folder, not a file"
+    if not stat.S_ISREG(info.st_mode):
+        return fingerprint, "not a regular file"
+    return fingerprint, None
+
+
+def _reason(path: Path, exc: OSError | ValueError) -> str:
+    if isinstance(exc, UnicodeDecodeError):
+        return "not UTF-8 text"
+    if isinstance(exc, OSError) and exc.strerror is not None:
+        return exc.strerror.lower()
+    text = str(exc).strip()
+    return text.splitlines()[0].removeprefix(f"{path}: ") if text else type(exc).__name__
+
+
+def try_read(data: DataFile) -> tuple[str, list[Doc], str | None]:
+    """The file's fingerprint and texts; or its fingerprint, no texts and why it cannot be
+    read."""
+    fingerprint, reason = look(data.path)
+    if reason is None:
+        try:
+            return fingerprint, data.read(data.path), None
+        except UNREADABLE as exc:
+            reason = _reason(data.path, exc)
+    return fingerprint, [], reason
 
 
 # -- writing the index ----------------------------------------------------------------------------
@@ -162,7 +278,9 @@ def _fingerprint(path: Path) -> str | None:
 class _RunUpdate:
     run_id: str
     registry_docs: list[Doc]
-    files: dict[str, tuple[str, list[Doc]]]  # path -> (fingerprint, docs): only changed files
+    # only the files whose fingerprint changed: path -> (fingerprint, docs, None), or
+    # (fingerprint, [], reason) for a file that could not be read
+    files: dict[str, tuple[str, list[Doc], str | None]]
 
 
 def _state(registry: Registry, key: str) -> str | None:
@@ -176,21 +294,43 @@ def _set_state(registry: Registry, key: str, value: str) -> None:
 
 
 def _changed_files(registry: Registry, record: RunRecord,
-                   stats: IndexStats) -> dict[str, tuple[str, list[Doc]]]:
+                   stats: IndexStats) -> dict[str, tuple[str, list[Doc], str | None]]:
     known = dict(registry.db.execute(
         "SELECT path, fingerprint FROM search_files WHERE run_id = ?", (record.id,)).fetchall())
-    changed = {}
+    changed: dict[str, tuple[str, list[Doc], str | None]] = {}
     for data in data_files(record):
         key = str(data.path)
-        fingerprint = _fingerprint(data.path)
-        if fingerprint is None:
-            stats.files_missing.append(key)
+        if key in known and known[key] == look(data.path)[0]:
             continue
-        if known.get(key) == fingerprint:
-            continue
-        changed[key] = (fingerprint, data.read(data.path))
-        stats.files_read += 1
+        fingerprint, docs, reason = try_read(data)
+        changed[key] = (fingerprint, docs, reason)
+        if reason is None:
+            stats.files_read += 1
+        else:
+            stats.skipped.append(Skipped(record.id, key, reason))
     return changed
+
+
+def _retry(registry: Registry) -> list[str]:
+    """The runs with a skipped file that changed since it was tried: tried again now."""
+    rows = registry.db.execute(
+        "SELECT run_id, path, fingerprint FROM search_files WHERE reason IS NOT NULL").fetchall()
+    return list(dict.fromkeys(run_id for run_id, path, fingerprint in rows
+                              if look(Path(path))[0] != fingerprint))
+
+
+def skipped_files(registry: Registry, run_ids: Sequence[str] | None = None) -> list[Skipped]:
+    """The data files the index could not read when it last tried (of these runs, or all)."""
+    sql = "SELECT run_id, path, reason FROM search_files WHERE reason IS NOT NULL"
+    if run_ids is None:
+        rows = registry.db.execute(sql + " ORDER BY path, run_id").fetchall()
+    else:
+        rows = []
+        for chunk in _batches(list(run_ids), 500):
+            marks = ", ".join("?" for _ in chunk)
+            rows += registry.db.execute(f"{sql} AND run_id IN ({marks})", list(chunk)).fetchall()
+        rows.sort(key=lambda r: (r[1], r[0]))
+    return [Skipped(*row) for row in rows]
 
 
 def _replace(registry: Registry, run_id: str, file: str | None, docs: list[Doc],
@@ -267,6 +407,7 @@ def update_index(registry: Registry, embedder: Embedder | None, *,
     stats = IndexStats(semantic=embedder is not None)
     after = int(_state(registry, "indexed_seq") or 0)
     ids, top = _changed_runs(registry, after)
+    ids = list(dict.fromkeys([*ids, *_retry(registry)]))
     if rescan:
         ids = list(dict.fromkeys([*ids, *(r for (r,) in registry.db.execute(
             "SELECT id FROM runs ORDER BY started_at"))]))
@@ -275,17 +416,21 @@ def update_index(registry: Registry, embedder: Embedder | None, *,
             _RunUpdate(r.id, registry_docs(r), _changed_files(registry, r, stats))
             for r in registry.records(chunk)
         ]
-        docs = [d for u in updates for d in [*u.registry_docs, *(x for _, fd in u.files.values() for x in fd)]]
+        docs = [d for u in updates
+                for d in [*u.registry_docs, *(x for _, fd, _ in u.files.values() for x in fd)]]
         texts = _missing_vectors(registry, docs) if embedder is not None else {}
         encoded = embedder.encode(list(texts.values())) if embedder is not None and texts else None
         with registry.write():
             for u in updates:
                 _replace(registry, u.run_id, None, u.registry_docs, stats)
-                for path, (fingerprint, file_docs) in u.files.items():
-                    _replace(registry, u.run_id, path, file_docs, stats)
+                for path, (fingerprint, file_docs, reason) in u.files.items():
+                    if reason is None:
+                        _replace(registry, u.run_id, path, file_docs, stats)
+                    # an unreadable file keeps the texts read from it before it broke
                     registry.db.execute(
-                        "INSERT OR REPLACE INTO search_files (run_id, path, fingerprint, rows)"
-                        " VALUES (?, ?, ?, ?)", (u.run_id, path, fingerprint, len(file_docs)))
+                        "INSERT OR REPLACE INTO search_files (run_id, path, fingerprint, rows, reason)"
+                        " VALUES (?, ?, ?, (SELECT count(*) FROM search_docs WHERE run_id = ?"
+                        " AND file = ?), ?)", (u.run_id, path, fingerprint, u.run_id, path, reason))
             if embedder is not None and encoded is not None:
                 _store_vectors(registry, embedder.name, texts, encoded)
                 stats.embedded += len(texts)

@@ -2,14 +2,17 @@
 output tokens and the recipe that made each checkpoint.
 
 A checkpoint is the model an eval run evaluated (its recipe's `model.model`, the folder of a
-local `model.path`, or the offline teacher). Its score on a benchmark is that of its latest successful eval run on it. Its recipe is
-read from the runs its evals descend from (see `lineage`): eval -> merge -> train -> export ->
-synth; a value that differs between ancestors of the same kind shows them all, joined by ` | `.
+local `model.path`, or the offline teacher). Its score on a benchmark is that of its latest
+successful eval run on it. Its recipe is read from the runs its evals descend from (see
+`lineage`): eval -> merge -> train -> export -> synth; a value that differs between ancestors of
+the same kind shows them all, joined by ` | `. Its lineage lists those runs in dependency order,
+from the data to the checkpoint: each run after every run it used.
 """
 
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import json
 from collections import Counter
@@ -44,6 +47,12 @@ RECIPE_COLUMNS = (
     Column("synth seed", (("synth", "$.seed"),)),
 )
 ALPHA = "alpha"
+# Said where the board is empty (as after `docthink demo`, which makes data, not checkpoints).
+EMPTY = ("No checkpoints yet: a row is a model scored by `docthink eval run`, e.g. "
+         "`docthink eval run --data samples.json --documents PDF_DIR --out eval` (the offline "
+         "teacher), or a recipe with `model: {kind: local, path: CHECKPOINT}` for a trained or "
+         "merged one (examples/cpu_loop.sh does both steps). Data runs (ingest, synth, export, "
+         "train) show in a row's lineage, not as rows.")
 RECIPE_NAMES = (RECIPE_COLUMNS[0].name, ALPHA, *(c.name for c in RECIPE_COLUMNS[1:]))
 METRICS = (("acc", "acc"), ("acc <cot>", "acc_cot"), ("tokens", "mean_output_tokens"),
            ("tokens <cot>", "mean_output_tokens_cot"))
@@ -61,7 +70,8 @@ class Row:
     checkpoint: str
     scores: dict[str, Score] = field(default_factory=dict)  # benchmark -> latest score
     recipe: dict[str, str] = field(default_factory=dict)  # column name -> value(s)
-    lineage: list[tuple[str, str]] = field(default_factory=list)  # (run id, kind), nearest first
+    # (run id, kind) in dependency order: from the data to the checkpoint
+    lineage: list[tuple[str, str]] = field(default_factory=list)
     evals: int = 0
 
     def value(self, benchmark: str, metric: str) -> float | None:
@@ -107,7 +117,7 @@ class Leaderboard:
         writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
         for rec in records:
-            writer.writerow({**rec, "lineage": " < ".join(rec["lineage"])})  # type: ignore[arg-type]
+            writer.writerow({**rec, "lineage": " -> ".join(rec["lineage"])})  # type: ignore[arg-type]
         return buffer.getvalue()
 
 
@@ -136,10 +146,10 @@ def _eval_scores(registry: Registry) -> dict[str, list[tuple[str, Score]]]:
     return out
 
 
-def _ancestors(parents: dict[str, list[Edge]], roots: Sequence[str]) -> list[tuple[str, str]]:
-    """(run id, via) of every ancestor of `roots`, nearest first."""
+def _ancestors(parents: dict[str, list[Edge]], roots: Sequence[str]) -> list[str]:
+    """Every ancestor of `roots` (nearest first)."""
     seen = set(roots)
-    order: list[tuple[str, str]] = []
+    order: list[str] = []
     frontier = list(roots)
     while frontier:
         nxt = []
@@ -147,9 +157,41 @@ def _ancestors(parents: dict[str, list[Edge]], roots: Sequence[str]) -> list[tup
             for edge in parents.get(run_id, []):
                 if edge.parent not in seen:
                     seen.add(edge.parent)
-                    order.append((edge.parent, edge.via))
+                    order.append(edge.parent)
                     nxt.append(edge.parent)
         frontier = nxt
+    return order
+
+
+def _dependency_order(ids: list[str], parents: dict[str, list[Edge]],
+                      started: dict[str, str]) -> list[str]:
+    """`ids` with each run after the runs among them it used (Kahn's algorithm); runs with no
+    order between them by start time. A cycle (edges are evidence, not declarations) is broken at
+    its earliest run."""
+    wanted = set(ids)
+    waiting = {r: {e.parent for e in parents.get(r, []) if e.parent in wanted and e.parent != r}
+               for r in ids}
+    users: dict[str, list[str]] = {}
+    for run_id, used in waiting.items():
+        for parent in used:
+            users.setdefault(parent, []).append(run_id)
+    key = {r: (started.get(r, ""), r) for r in ids}  # a recorded parent not in the registry: first
+    ready = [key[r] for r, used in waiting.items() if not used]
+    heapq.heapify(ready)
+    order: list[str] = []
+    placed: set[str] = set()
+    while len(order) < len(ids):
+        if not ready:  # a cycle: take its earliest run
+            heapq.heappush(ready, min(key[r] for r in ids if r not in placed))
+        _, run_id = heapq.heappop(ready)
+        if run_id in placed:
+            continue
+        placed.add(run_id)
+        order.append(run_id)
+        for user in users.get(run_id, []):
+            waiting[user].discard(run_id)
+            if not waiting[user] and user not in placed:
+                heapq.heappush(ready, key[user])
     return order
 
 
@@ -200,30 +242,31 @@ def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
     for edge in all_edges(registry, distinct=False):
         parents.setdefault(edge.child, []).append(edge)
     rows: list[Row] = []
-    lineages: dict[str, list[tuple[str, str]]] = {}
+    lineages: dict[str, list[str]] = {}
     for checkpoint, scored in evals.items():
         row = Row(checkpoint, evals=len(scored))
         for bench, score in sorted(scored, key=lambda s: s[1].started_at):
             row.scores[bench] = score  # the latest wins
         lineages[checkpoint] = _ancestors(parents, [s.run_id for _, s in scored])
         rows.append(row)
-    ancestor_ids = {run_id for lineage in lineages.values() for run_id, _ in lineage}
+    ancestor_ids = {run_id for lineage in lineages.values() for run_id in lineage}
     recipes = _recipe_values(registry, ancestor_ids)
-    shared: dict[tuple[str, ...], dict[str, str]] = {}  # checkpoints of one merge share ancestors
+    kinds = _kinds(registry, sorted(ancestor_ids))
+    # the checkpoints of one merge share their ancestors: order them and read their recipe once
+    shared: dict[frozenset[str], tuple[list[str], dict[str, str]]] = {}
     for row in rows:
-        row.lineage = [(run_id, str(recipes[run_id]["_kind"]) if run_id in recipes else "")
-                       for run_id, _ in lineages[row.checkpoint]]
-        found = [recipes[run_id] for run_id, _ in row.lineage if run_id in recipes]
-        key = tuple(run_id for run_id, _ in row.lineage)
+        key = frozenset(lineages[row.checkpoint])
         if key not in shared:
-            shared[key] = _recipe(found)
-        row.recipe = dict(shared[key])
-        alphas = [_alpha(a, row.checkpoint) for a in found if a["_kind"] == "merge"]
+            ordered = _dependency_order(lineages[row.checkpoint], parents,
+                                        {r: kinds[r][1] for r in key if r in kinds})
+            shared[key] = ordered, _recipe([recipes[r] for r in ordered if r in recipes])
+        ordered, recipe = shared[key]
+        row.lineage = [(r, kinds[r][0] if r in kinds else "?") for r in ordered]
+        row.recipe = dict(recipe)
+        alphas = [_alpha(recipes[r], row.checkpoint) for r in ordered
+                  if r in recipes and recipes[r]["_kind"] == "merge"]
         if alphas:
             row.recipe[ALPHA] = " | ".join(dict.fromkeys(a for a in alphas if a is not None))
-    kinds = _kinds(registry, [r for row in rows for r, k in row.lineage if not k])
-    for row in rows:
-        row.lineage = [(r, k or kinds.get(r, "?")) for r, k in row.lineage]
     counts = Counter(b for row in rows for b in row.scores)
     benchmarks = [b for b, _ in counts.most_common()]
     ranked_by = _ranking(rows, benchmarks, benchmark, metric)
@@ -248,12 +291,14 @@ def _recipe(ancestors: list[dict[str, object]]) -> dict[str, str]:
     return recipe
 
 
-def _kinds(registry: Registry, ids: list[str]) -> dict[str, str]:
+def _kinds(registry: Registry, ids: list[str]) -> dict[str, tuple[str, str]]:
+    """run id -> (kind, started_at), for the runs in this registry."""
     out = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ", ".join("?" for _ in chunk)
-        out |= dict(registry.db.execute(f"SELECT id, kind FROM runs WHERE id IN ({marks})", chunk))
+        out |= {r: (k, t) for r, k, t in registry.db.execute(
+            f"SELECT id, kind, started_at FROM runs WHERE id IN ({marks})", chunk)}
     return out
 
 

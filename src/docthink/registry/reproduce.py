@@ -7,7 +7,11 @@ so the recorded outputs stay as they are. Relative paths in the recipe are resol
 directory the run was started in, which is read back from its recorded artifacts (a relative
 `out: demo/export` and an artifact `/work/demo/export/train.parquet` give `/work`). When the
 recorded commit is not the current checkout's, the rerun uses the source of that commit, checked
-out in a temporary `git worktree` (removed afterwards); the current checkout is left alone.
+out in a temporary clone that shares the checkout's objects (`git clone --shared`): nothing is
+registered in, or written to, the user's checkout, even if the rerun is killed.
+
+Printing the plan writes nothing: the printed lines carry the recipe (a here-document), so they
+are a script that reruns the run. A rerun whose inputs are gone is refused before it starts.
 """
 
 from __future__ import annotations
@@ -30,6 +34,9 @@ from docthink.runs.run import code_version, tree_digest
 PATH_FIELDS = ("out", "outs", "run_dir", "corpus", "questions", "data", "documents", "pdf_dir",
                "base", "tuned", "predictions")
 OUTPUT_FIELDS = ("out", "outs")
+# Recipe fields that are always local paths read by the run (`base` and `tuned` may be hub ids).
+INPUT_FIELDS = ("run_dir", "corpus", "questions", "data", "documents", "pdf_dir", "predictions")
+HEREDOC = "DOCTHINK_RECIPE"
 
 
 class ReproduceError(RuntimeError):
@@ -68,29 +75,44 @@ class Plan:
     outputs: dict[str, str]  # recorded output path -> where the rerun writes it
     head: str | None  # the current checkout's commit
     repo: Path | None  # the git checkout docthink runs from
+    gone: list[str]  # inputs (recorded, or named by the recipe) that no longer exist
 
     @property
     def same_commit(self) -> bool:
         return self.record.git_commit is not None and self.record.git_commit == self.head
+
+    def require_inputs(self) -> None:
+        if self.gone:
+            more = f" (and {len(self.gone) - 1} more)" if len(self.gone) > 1 else ""
+            raise ReproduceError(f"run {self.record.id} cannot be rerun: its input {self.gone[0]} "
+                                 f"is gone{more}; restore it first")
 
     def describe(self) -> list[str]:
         r = self.record
         state = {None: "dirty flag unknown", True: "with uncommitted changes", False: "clean"}
         lines = [(f"# run {r.id} ({r.kind}, {r.status}) at commit {r.git_commit} "
                  f"({state[r.git_dirty]}), started in {self.cwd}"),
-                 (f"# recorded recipe written to {self.recipe_file}; outputs redirected under "
-                 f"{self.target}")]
+                 f"# outputs redirected under {self.target}"]
         if r.git_dirty:
             lines.append("# warning: the run's code had uncommitted changes, which no commit holds")
+        lines += [f"# warning: input {path} is gone: restore it before rerunning" for path in self.gone]
         lines.append(f"cd {shlex.quote(str(self.cwd))}")
         if self.same_commit:
             lines.append(f"# the current checkout is at {r.git_commit}: no checkout needed")
         else:
             lines.append(f"git checkout {r.git_commit}")
+        if str(self.recipe_file) in self.argv:
+            lines += [f"mkdir -p {shlex.quote(str(self.target))}",
+                      f"cat > {shlex.quote(str(self.recipe_file))} <<'{HEREDOC}'",
+                      recipe_yaml(self.recipe).rstrip("\n"), HEREDOC]
         lines.append(shlex.join(["docthink", *self.argv]))
         if not self.same_commit:
             lines.append("git checkout -  # back to where you were")
         return lines
+
+
+def recipe_yaml(recipe: dict[str, object]) -> str:
+    return yaml.safe_dump(recipe, sort_keys=False, allow_unicode=True)
 
 
 def _relative_fields(recipe: dict[str, object]) -> list[str]:
@@ -169,7 +191,15 @@ def plan(record: RunRecord, target: Path, cwd: Path | None = None) -> Plan:
     argv = [*COMMANDS[record.kind](recipe, recipe_file),
             "--runs-dir", str(target / "runs"), "--registry", str(target / "registry.sqlite")]
     head, _ = code_version()
-    return Plan(record, origin, target, recipe_file, recipe, argv, outputs, head, _repo())
+    return Plan(record, origin, target, recipe_file, recipe, argv, outputs, head, _repo(),
+                _gone_inputs(record, origin))
+
+
+def _gone_inputs(record: RunRecord, cwd: Path) -> list[str]:
+    recorded = [a.path for a in record.artifacts if a.role == "input"]
+    named = [str(cwd / value) for name in INPUT_FIELDS
+             if isinstance(value := record.recipe.get(name), str) and value]
+    return [p for p in dict.fromkeys([*recorded, *named]) if not Path(p).exists()]
 
 
 def _repo() -> Path | None:
@@ -205,15 +235,15 @@ class Outcome:
 def rerun(steps: Plan, registry: Registry) -> Outcome:
     """Run the plan and compare hashes. The rerun is recorded in its own registry under the
     target folder; the reproduced run gets a note with the verdict in `registry`."""
+    steps.require_inputs()
     if steps.target.exists() and any(steps.target.iterdir()):
         raise ReproduceError(f"{steps.target} exists and is not empty; pass another --out")
     steps.target.mkdir(parents=True, exist_ok=True)
-    steps.recipe_file.write_text(yaml.safe_dump(steps.recipe, sort_keys=False, allow_unicode=True),
-                                 encoding="utf-8")
+    steps.recipe_file.write_text(recipe_yaml(steps.recipe), encoding="utf-8")
     if steps.same_commit:
         _run(steps, env_src=None)
     else:
-        _in_worktree(steps)
+        _in_clone(steps)
     with Registry(steps.target / "registry.sqlite") as own:
         (new,) = own.find(RunFilter(), limit=None)
     if new.status != "ok":
@@ -236,22 +266,22 @@ def _run(steps: Plan, env_src: Path | None) -> None:
                              f"{done.stdout[-2000:]}{done.stderr[-4000:]}")
 
 
-def _in_worktree(steps: Plan) -> None:
+def _in_clone(steps: Plan) -> None:
+    """Run at the recorded commit from a temporary clone: `--shared` borrows the checkout's
+    objects (no copy) and registers nothing in it, unlike `git worktree add`."""
     if steps.repo is None:
         raise ReproduceError("docthink is not running from a git checkout, so commit "
                              f"{steps.record.git_commit} cannot be checked out")
     with tempfile.TemporaryDirectory(prefix="docthink-reproduce-") as tmp:
         tree = Path(tmp) / "tree"
-        added = subprocess.run(["git", "-C", str(steps.repo), "worktree", "add", "--detach",
-                                str(tree), str(steps.record.git_commit)],
-                               capture_output=True, text=True, check=False)
-        if added.returncode != 0:
-            raise ReproduceError(f"git worktree add {steps.record.git_commit}: {added.stderr.strip()}")
-        try:
-            _run(steps, env_src=tree / "src")
-        finally:
-            subprocess.run(["git", "-C", str(steps.repo), "worktree", "remove", "--force",
-                            str(tree)], capture_output=True, text=True, check=True)
+        for args in (["clone", "--quiet", "--shared", "--no-checkout", str(steps.repo), str(tree)],
+                     ["-C", str(tree), "checkout", "--quiet", "--detach",
+                      str(steps.record.git_commit)]):
+            done = subprocess.run(["git", *args], capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                raise ReproduceError(f"checking out commit {steps.record.git_commit} in a "
+                                     f"temporary clone: {done.stderr.strip()}")
+        _run(steps, env_src=tree / "src")
 
 
 def _compare(steps: Plan, new: RunRecord) -> list[Comparison]:

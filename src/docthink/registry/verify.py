@@ -1,11 +1,14 @@
-"""`runs verify`: re-hash every recorded artifact and say which changed or went missing."""
+"""`runs verify`: re-hash every recorded artifact and say which changed, went missing or cannot be
+read; and try the data files search reads (questions, traces, answers, predictions), saying which
+it cannot read and why (what `docthink search` reports as skipped)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from docthink.registry.index import Skipped, data_files, try_read
 from docthink.runs.registry import Artifact, RunRecord
 from docthink.runs.run import tree_digest
 
@@ -14,24 +17,52 @@ from docthink.runs.run import tree_digest
 class Check:
     run_id: str
     artifact: Artifact
-    status: str  # ok | changed | missing
-    sha256: str | None  # what the path hashes to now (None when missing)
+    status: str  # ok | changed | missing | unreadable
+    sha256: str | None  # what the path hashes to now (None when missing or unreadable)
     size: int | None
+    reason: str | None = None  # why it is unreadable
+
+
+def _now(path: Path) -> tuple[str, str | None, int | None, str | None]:
+    """(state, sha256, size, reason): hashed, missing, or unreadable and why."""
+    if not path.exists():
+        return "missing", None, None, None
+    try:
+        sha, size = tree_digest(path)
+    except OSError as exc:  # no permission, on the file or a file inside the folder
+        return "unreadable", None, None, f"{exc.strerror}: {exc.filename}"
+    return "hashed", sha, size, None
 
 
 def verify(records: Iterable[RunRecord]) -> list[Check]:
     """One check per recorded artifact; a path recorded by several runs is hashed once."""
-    now: dict[str, tuple[str, int] | None] = {}
+    now: dict[str, tuple[str, str | None, int | None, str | None]] = {}
     checks = []
     for record in records:
         for artifact in record.artifacts:
             if artifact.path not in now:
-                path = Path(artifact.path)
-                now[artifact.path] = tree_digest(path) if path.exists() else None
-            current = now[artifact.path]
-            if current is None:
-                checks.append(Check(record.id, artifact, "missing", None, None))
-            else:
-                status = "ok" if current[0] == artifact.sha256 else "changed"
-                checks.append(Check(record.id, artifact, status, current[0], current[1]))
+                now[artifact.path] = _now(Path(artifact.path))
+            state, sha, size, reason = now[artifact.path]
+            if state == "hashed":
+                state = "ok" if sha == artifact.sha256 else "changed"
+            checks.append(Check(record.id, artifact, state, sha, size, reason))
     return checks
+
+
+def unreadable(records: Sequence[RunRecord], reported: set[str]) -> list[Skipped]:
+    """The data files of these runs that search cannot read now, and why; a path shared by
+    several runs is read once, and paths in `reported` (gone artifacts, already said) are left
+    out."""
+    seen: dict[str, str | None] = {}
+    out = []
+    for record in records:
+        for data in data_files(record):
+            key = str(data.path)
+            if key in reported:
+                continue
+            if key not in seen:
+                seen[key] = try_read(data)[2]
+            reason = seen[key]
+            if reason is not None:
+                out.append(Skipped(record.id, key, reason))
+    return out

@@ -1,7 +1,8 @@
 """`docthink serve`: a read-only web UI over the registry, rendered on the server (FastAPI,
-Jinja2 with autoescaping): the leaderboard, run pages (lineage, recipe, artifacts, notes) and
-search. Only GET routes: no page changes a run, note or tag. Search brings its index up to date
-before it answers, as `docthink search` does."""
+Jinja2 with autoescaping): the leaderboard (at `/` and `/leaderboard`), run pages (lineage,
+recipe, artifacts, notes) and search. Only GET routes: no page changes a run, note or tag. Search
+brings its index up to date before it answers, as `docthink search` does, and says which data
+files it skipped; a run page marks its artifacts that are gone and the files search skipped."""
 
 from __future__ import annotations
 
@@ -18,8 +19,8 @@ from markupsafe import Markup, escape
 
 from docthink.registry.diff import flatten, show
 from docthink.registry.embed import MISSING, Embedder, embedding_available
-from docthink.registry.index import update_index
-from docthink.registry.leaderboard import build_leaderboard
+from docthink.registry.index import look, skipped_files, skipped_line, update_index
+from docthink.registry.leaderboard import EMPTY, build_leaderboard
 from docthink.registry.lineage import ancestors, descendants
 from docthink.registry.page import STYLE, TABLE_JS, header_cells, row_cells
 from docthink.registry.search import MARK_END, MARK_START, Searcher, VectorCache
@@ -65,6 +66,7 @@ def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
         return HTMLResponse(env.get_template(name).render(**context))
 
     @app.get("/", response_class=HTMLResponse)
+    @app.get("/leaderboard", response_class=HTMLResponse)
     def leaderboard_page(benchmark: str | None = None, metric: str | None = None) -> HTMLResponse:
         with open_registry() as registry:
             try:
@@ -76,7 +78,7 @@ def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
             latest = max(row.scores.values(), key=lambda s: s.started_at).run_id
             rows.append(Markup(row_cells(board, rank, row, run_href(latest) + "#lineage", run_href)))
         return render("leaderboard.html", board=board, header=Markup(header_cells(board)),
-                      rows=rows)
+                      rows=rows, empty=EMPTY)
 
     @app.get("/runs", response_class=HTMLResponse)
     def runs_page(kind: str | None = None, tag: str | None = None,
@@ -94,23 +96,29 @@ def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
             except KeyError:
                 raise HTTPException(404, f"no run {run_id!r}") from None
             up, down = ancestors(registry, run_id), descendants(registry, run_id)
+            skipped = skipped_files(registry, [run_id])
         recipe = [(k, show(v)) for k, v in flatten(record.recipe).items()]
         metrics = [(k, show(v)) for k, v in flatten(record.metrics).items()]
-        return render("run.html", r=record, recipe=recipe, metrics=metrics, up=up, down=down)
+        gone = {a.path for a in record.artifacts if look(Path(a.path))[1] == "missing"}
+        return render("run.html", r=record, recipe=recipe, metrics=metrics, up=up, down=down,
+                      gone=gone, skipped=skipped)
 
     @app.get("/search", response_class=HTMLResponse)
     def search_page(q: str = "", source: str | None = None,
                     limit: int = Query(20, ge=1, le=200)) -> HTMLResponse:
         hits = []
+        skipped = None
         model = get_embedder() if q else None
         if q:
             with open_registry() as registry:
                 update_index(registry, model)
+                files = skipped_files(registry)
                 searcher = Searcher(registry, model, vectors=vectors)
                 result = searcher.search(q, limit=limit, sources=[source] if source else None)
             hits = [(h, _snippet(h.snippet)) for h in result.hits]
+            skipped = skipped_line(files) if files else None
         notice = MISSING if q and semantic and not embedding_available() else None
         return render("search.html", q=q, hits=hits, source=source, sources=SOURCES,
-                      notice=notice)
+                      notice=notice, skipped=skipped)
 
     return app

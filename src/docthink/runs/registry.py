@@ -126,6 +126,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE TABLE search_state (key TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 4: data files the search index could not read (gone, a folder, no permission, not the format
+    # expected) keep a row in `search_files` with the reason; their fingerprint is the one they had
+    # when tried (or 'missing'), and a file is tried again when it changes. Fingerprints from here
+    # on add the ctime, so a chmod counts as a change.
+    """
+    ALTER TABLE search_files ADD COLUMN reason TEXT;  -- NULL: read and indexed
+    CREATE INDEX search_files_skipped ON search_files(reason) WHERE reason IS NOT NULL;
+    """,
 )
 
 
