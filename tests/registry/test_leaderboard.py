@@ -80,9 +80,11 @@ def test_an_empty_board_says_what_fills_it(tmp_path: Path) -> None:
     its rows instead of showing an empty table."""
     with Registry(tmp_path / "r.sqlite") as registry:
         record_runs(registry, history(1)[:3])  # synth, export, train
-    out = " ".join(cli("leaderboard", "--registry", tmp_path / "r.sqlite").split())
+    out = " ".join(cli("leaderboard", "--registry", tmp_path / "r.sqlite",
+                       "--html", tmp_path / "b.html").split())
     assert "No checkpoints yet: a row is a model scored by `docthink eval run`" in out
     assert "┃" not in out  # no empty table
+    assert '<p id="empty">No checkpoints yet' in (tmp_path / "b.html").read_text()
 
 
 def test_a_newer_eval_replaces_the_older_score(small_history: tuple[Path, list[RunSpec]]) -> None:

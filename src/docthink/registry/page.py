@@ -8,7 +8,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
 
-from docthink.registry.leaderboard import METRICS, RECIPE_NAMES, Leaderboard, Row
+from docthink.registry.leaderboard import EMPTY, METRICS, RECIPE_NAMES, Leaderboard, Row
 
 # Sorting and filtering for every `table.sortable` and `input[data-filter]`; shared with the web UI.
 TABLE_JS = r"""
@@ -132,10 +132,12 @@ def render_static(board: Leaderboard, title: str = "docthink leaderboard") -> st
             f"<ol>{items or '<li class=muted>no ancestor runs recorded</li>'}</ol></section>"
         )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    empty = "" if board.rows else f'<p id="empty">{escape(EMPTY)}</p>'
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
+        f"{empty}"
         f"<p>{len(board.rows)} checkpoints, ranked by {escape(benchmark)} {escape(metric)}; "
         f"accuracy in %, tokens = mean output tokens. Generated {generated}. "
         "Click a column header to sort.</p>"
