@@ -91,9 +91,12 @@ def test_a_changed_input_gives_different_hashes(pipeline: Pipeline, tmp_path: Pa
     assert "outputs differ: 0 same, 1 different, 0 missing" in out
 
 
-def _worktrees(repo: Path) -> str:
-    return subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"],
-                          capture_output=True, text=True, check=True).stdout
+def _worktrees(repo: Path) -> list[str]:
+    """The worktrees registered in the checkout (their paths: the commits they are at move on
+    their own)."""
+    listed = subprocess.run(["git", "-C", str(repo), "worktree", "list", "--porcelain"],
+                            capture_output=True, text=True, check=True).stdout
+    return [line for line in listed.splitlines() if line.startswith("worktree ")]
 
 
 def test_another_commit_runs_from_a_temporary_clone_and_leaves_the_checkout_alone(
