@@ -23,6 +23,7 @@ from pathlib import Path
 
 import yaml
 
+from docthink.errors import UserError
 from docthink.runs.registry import Artifact, Registry, RunFilter, RunRecord
 from docthink.runs.run import code_version, tree_digest
 
@@ -32,7 +33,7 @@ PATH_FIELDS = ("out", "outs", "run_dir", "corpus", "questions", "data", "documen
 OUTPUT_FIELDS = ("out", "outs")
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(UserError, RuntimeError):
     """A run that cannot be reproduced as asked; the message says why."""
 
 
