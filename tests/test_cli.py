@@ -1,11 +1,18 @@
-"""Every command's `--print-recipe` prints a commented recipe that loads back as the same recipe."""
+"""The command line itself: `--version`, help text as written, and every command's
+`--print-recipe` printing a commented recipe that loads back as the same recipe."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import click
 import pytest
+import typer
 import yaml
 from typer.testing import CliRunner
 
+import docthink
 from docthink.cli import app
 from docthink.evals import EvalRecipe
 from docthink.recipe import SynthRecipe
@@ -38,3 +45,55 @@ def test_print_recipe_takes_the_flags(tmp_path) -> None:
     )
     data = yaml.safe_load(result.output)
     assert data["seed"] == 7 and data["corpus"] == str(tmp_path)
+
+
+def _command_paths(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    paths = []
+    for name, command in group.commands.items():
+        paths.append((*prefix, name))
+        if isinstance(command, click.Group):
+            paths += _command_paths(command, (*prefix, name))
+    return paths
+
+
+def test_version() -> None:
+    result = CliRunner().invoke(app, ["--version"], catch_exceptions=False)
+    assert result.exit_code == 0 and result.output == f"docthink {docthink.__version__}\n"
+
+
+@pytest.mark.parametrize("path", [(), *_command_paths(typer.main.get_command(app))],
+                         ids=lambda path: " ".join(path) or "docthink")
+def test_help_shows_its_text_as_written(path: tuple[str, ...]) -> None:
+    """No markup is interpreted (it ate `docthink[embed]` and `[default: 2]`) and no `<bool>` type
+    follows a flag."""
+    result = CliRunner().invoke(app, [*path, "--help"], catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    text = " ".join(result.output.split())
+    assert "<bool>" not in text
+    if "--registry" in text:
+        assert "registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]" in text
+
+
+def test_help_keeps_brackets() -> None:
+    demo = CliRunner().invoke(app, ["demo", "--help"]).output
+    assert "minilm (needs docthink[embed])" in " ".join(demo.split())
+    ingest = CliRunner().invoke(app, ["ingest", "--help"]).output
+    assert "worker processes [default: 2]" in ingest
+
+
+def test_demo_speaks_in_sentences(tmp_path: Path) -> None:
+    """What the demo prints and the data card it writes hold no Python reprs ({}, [...], long
+    floats), and an empty "Dropped" section says so."""
+    result = CliRunner().invoke(app, ["demo", "--out", str(tmp_path / "demo"), "--docs", "2",
+                                      "--runs-dir", str(tmp_path / "runs")],
+                                catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    said = [line for line in result.output.splitlines()
+            if line.split(" ")[0] in ("corpus", "questions", "synth", "export")]
+    assert len(said) == 5, result.output
+    for line in said:
+        assert not re.search(r"[{}]|\['|\d\.\d{5}", line.split("  [run ")[0]), line
+    assert ", 0 rejected;" in said[0]
+    assert "; 0 dropped;" in said[2]
+    card = (tmp_path / "demo" / "synth" / "card.md").read_text()
+    assert "## Dropped, and why\n\nNothing was dropped.\n" in card

@@ -454,3 +454,30 @@ def test_merge_command_records_its_run_with_the_hashes_it_wrote(pair: Pair, tmp_
         assert (artifact.sha256, artifact.size) == tree_digest(tmp_path / name)
     inputs = {Path(a.path).name: a.sha256 for a in record.artifacts if a.role == "input"}
     assert inputs == {"base": tree_digest(pair.base)[0], "tuned": tree_digest(pair.tuned)[0]}
+
+
+def test_extrapolation_needs_the_flag(tmp_path: Path) -> None:
+    """A strength outside [0, 1] is refused, writing nothing and recording no run; with
+    --extrapolate it is `base + alpha * (tuned - base)` like any other, and the recipe says so."""
+    from typer.testing import CliRunner
+
+    from docthink.cli import app
+    from docthink.runs import Registry
+
+    base, tuned = write_pair(tmp_path, {"layers.0.b": torch.ones(4, dtype=torch.bfloat16)})
+    registry = tmp_path / "registry.sqlite"
+    args = ["merge", "--base", str(base), "--tuned", str(tuned), "--alpha", "-0.5",
+            "--out", str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs"),
+            "--registry", str(registry)]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 2 and "alpha -0.5 is outside [0, 1]" in refused.output
+    assert not (tmp_path / "out").exists() and not registry.exists()
+
+    done = CliRunner().invoke(app, [*args, "--extrapolate"], catch_exceptions=False)
+    assert done.exit_code == 0, done.output
+    b = load(base)["layers.0.b"].double()
+    expected = b - 0.5 * (1 - b)
+    err = (load(tmp_path / "out")["layers.0.b"].double() - expected).abs()
+    assert (err <= bf16_ulp(expected)).all()
+    (record,) = Registry(registry).list(kind="merge")
+    assert record.recipe["extrapolate"] is True and record.recipe["alphas"] == [-0.5]

@@ -15,12 +15,14 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from pydantic_core import ErrorDetails
 
 from docthink.corpus import RenderPolicy
+from docthink.errors import UserError
 from docthink.models.specs import ModelSpec, TeacherSpec
 
 
-class RecipeError(ValueError):
+class RecipeError(UserError, ValueError):
     """A recipe file or flag that does not validate; the message names the file and field."""
 
 
@@ -74,11 +76,15 @@ def load_recipe(
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        problems = "; ".join(
-            f"{'.'.join(str(p) for p in err['loc']) or '<root>'}: {err['msg']}"
-            for err in exc.errors()
-        )
+        problems = "; ".join(_problem(err) for err in exc.errors())
         raise RecipeError(f"{source}: invalid {cls.__name__}: {problems}") from None
+
+
+def _problem(err: ErrorDetails) -> str:
+    """`field.path: message`; a check over several fields has no path."""
+    where = ".".join(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    return f"{where}: {message}" if where else message
 
 
 class StageModels(Recipe):
@@ -202,9 +208,20 @@ class MergeRecipe(Recipe):
     outs: list[Path] = Field(min_length=1, description="one output folder per alpha")
     shard_size: int = Field(5 * 2**30, gt=0, description="bytes per output shard, at most")
     chunk_bytes: int = Field(256 * 2**20, gt=0, description="buffer budget of one step (memory)")
+    extrapolate: bool = Field(
+        False, description="allow strengths outside [0, 1] (past the base or past the tuned model)"
+    )
 
     @model_validator(mode="after")
     def _one_out_per_alpha(self) -> MergeRecipe:
         if len(self.outs) != len(self.alphas):
             raise ValueError(f"{len(self.alphas)} alphas need as many outs, got {len(self.outs)}")
+        return self
+
+    @model_validator(mode="after")
+    def _extrapolation_only_when_asked(self) -> MergeRecipe:
+        outside = [a for a in self.alphas if not 0 <= a <= 1]
+        if outside and not self.extrapolate:
+            raise ValueError(f"alpha {outside[0]:g} is outside [0, 1], an extrapolation: ask for "
+                             "it with --extrapolate (extrapolate: true in a recipe)")
         return self

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from docthink.corpus import Corpus, RenderPolicy, ingest
+from docthink.corpus import Corpus, CorpusError, RenderPolicy, ingest
 from docthink.corpus.ingest import FAULT_ENV
 from docthink.corpus.samples import write_sample_pdfs
 from docthink.models.base import PageRef
@@ -182,7 +182,7 @@ def test_sigkill_mid_run_loses_nothing_and_resume_matches_an_uninterrupted_run(
     # The killed command's run record stays, marked as never finished.
     (record,) = Registry(tmp_path / "registry.sqlite").list(kind="ingest")
     assert record.status == "running" and record.ended_at is None
-    with pytest.raises(FileNotFoundError, match="first ingest did not finish"):
+    with pytest.raises(CorpusError, match="first ingest did not finish"):
         Corpus.open(killed)
 
     capsys.readouterr()
@@ -230,7 +230,7 @@ def test_one_ingest_at_a_time(tmp_path: Path):
     out.mkdir()
     with open(out / ".ingest.lock", "w") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
-        with pytest.raises(RuntimeError, match="another ingest is writing"):
+        with pytest.raises(CorpusError, match="another ingest is writing"):
             ingest_quietly(tmp_path / "pdfs", out)
 
 
@@ -238,7 +238,7 @@ def test_a_corpus_mirrors_one_folder(tmp_path: Path):
     write_pdf(tmp_path / "one" / "a.pdf", ["a"])
     write_pdf(tmp_path / "two" / "b.pdf", ["b"])
     ingest_quietly(tmp_path / "one", tmp_path / "corpus")
-    with pytest.raises(ValueError, match=r"records .*/one'"):
+    with pytest.raises(CorpusError, match=r"is the corpus of .*/one: ingest .*/two into another"):
         ingest_quietly(tmp_path / "two", tmp_path / "corpus")
 
 

@@ -60,9 +60,18 @@ def registry_metrics(tmp_path: Path, kind: str = "eval") -> dict[str, object]:
 
 def test_offline_teacher_end_to_end(planted: Planted, tmp_path: Path) -> None:
     out = tmp_path / "eval"
-    docthink(*eval_args(planted, out))
+    said = docthink(*eval_args(planted, out))
     report = json.loads((out / "report.json").read_text())
     n = len(planted.rows) - 1
+    # Sentences, not reprs: the skipped reasons counted, tokens rounded.
+    assert f"eval {out}: {n} evaluated, 1 skipped (1 pdf missing)  [run " in said
+    tokens = {m: f"{report['modes'][m]['mean_output_tokens']:.1f}" for m in ("plain", "cot")}
+    for mode in ("plain", "cot"):
+        assert (f"  {mode}: acc 1.0000 f1 1.0000 ({n} questions, 0 failed, mean output tokens "
+                f"{tokens[mode]})") in said
+    markdown = (out / "report.md").read_text()
+    assert f"- questions: {n} evaluated, 1 skipped (1 pdf missing)\n" in markdown
+    assert "- answer extraction: rule\n" in markdown
     assert report["questions"] == {"evaluated": n, "skipped": 1,
                                    "skipped_reasons": {"pdf missing": 1}}
     assert str(report["model"]).startswith("docthink-teacher/bm25")

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from docthink.corpus import Corpus, ingest
+from docthink.errors import UserError
 from docthink.synth.contexts import ContextSource, build_context
 from docthink.synth.embed import EmbeddingSettings, PageIndex
 from docthink.synth.negatives import (
@@ -66,8 +67,10 @@ def test_decontamination_lists_name_documents_by_id_or_file_name(tmp_path: Path)
                                                         tmp_path / "list.txt"])
     assert found == {"bench.pdf", "sub/bench.pdf", "other.pdf", "keep.pdf"}
     (tmp_path / "bad.json").write_text(json.dumps({"doc_id": "a"}))
-    with pytest.raises(ValueError, match="bad.json"):
+    with pytest.raises(UserError, match="bad.json: expected a JSON list"):
         excluded_doc_ids(corpus_ids, [], [tmp_path / "bad.json"])
+    with pytest.raises(UserError, match=r"gone\.txt: no such file \(decontamination"):
+        excluded_doc_ids(corpus_ids, [], [tmp_path / "gone.txt"])
 
 
 @pytest.fixture(scope="module")

@@ -1,18 +1,23 @@
-"""What every command shares: the app, consoles, common options, recipe loading and errors."""
+"""What every command shares: the app, consoles, common options, recipe printing and how a user
+error ends."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, TypeVar
 
+import click
 import typer
 from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
+from typer.core import TyperGroup
 
+from docthink import __version__
+from docthink.errors import UserError
 from docthink.recipe import (
-    RecipeError,
     commented_yaml,
     load_recipe,
 )
@@ -23,17 +28,55 @@ from docthink.runs import (
 
 R = TypeVar("R", bound=BaseModel)
 
-
-app = typer.Typer(
-    no_args_is_help=True,
-    add_completion=False,
-    help="Long-context visual document models that reason: corpus, synthetic traces, SFT data.",
-)
-runs_app = typer.Typer(no_args_is_help=True, help="List and inspect recorded runs.")
-app.add_typer(runs_app, name="runs")
-
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
+
+
+class _Commands(TyperGroup):
+    """Every command runs inside this: a UserError (a bad file, row, field, flag or install) ends
+    as one line on stderr and exit status 2; any other exception is a bug and keeps its traceback.
+    A run the command had started has recorded the error as its failure before it gets here."""
+
+    def invoke(self, ctx: click.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except UserError as exc:
+            line = "; ".join(part.strip() for part in str(exc).splitlines() if part.strip())
+            console.print(f"[red]error:[/red] {escape(line)}", highlight=False, soft_wrap=True)
+            raise typer.Exit(2) from None
+
+
+# Help text is plain: rich markup would eat `docthink[embed]` and `[default: 2]`, and the rich
+# panels print a `<bool>` type after every flag.
+app = typer.Typer(
+    cls=_Commands,
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode=None,
+    help="Long-context visual document models that reason: corpus, synthetic traces, SFT data.",
+)
+runs_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="List and inspect recorded runs."
+)
+app.add_typer(runs_app, name="runs")
+
+
+def _print_version(value: bool) -> None:
+    if value:
+        typer.echo(f"docthink {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version,
+                     help="print docthink's version and exit"),
+    ] = False,
+) -> None:
+    pass
+
 
 RunsDir = Annotated[
     Path, typer.Option(envvar="DOCTHINK_RUNS_DIR", help="where run folders go")
@@ -57,21 +100,9 @@ def _say(message: str) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def _fail(message: str) -> typer.Exit:
-    console.print(f"[red]error:[/red] {escape(message)}", highlight=False, soft_wrap=True)
-    return typer.Exit(2)
-
-
-def _load(
-    cls: type[R],
-    recipe: Path | None,
-    overrides: dict[str, object],
-    defaults: dict[str, object] | None = None,
-) -> R:
-    try:
-        return load_recipe(cls, recipe, overrides, defaults)
-    except RecipeError as exc:
-        raise _fail(str(exc)) from None
+def _tally(counts: Mapping[str, int]) -> str:
+    """Counts as people write them, largest first: "18 single, 4 multi, 1 unanswerable"."""
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
 
 
 def _print_recipe(
@@ -83,6 +114,6 @@ def _print_recipe(
 ) -> None:
     """`--print-recipe`: the resolved recipe, commented; required paths not given on the command
     line show as placeholders."""
-    resolved = _load(cls, recipe, overrides, defaults=placeholders)
+    resolved = load_recipe(cls, recipe, overrides, defaults=placeholders)
     text = commented_yaml(resolved) + (f"\n{note}" if note else "")
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)

@@ -7,6 +7,7 @@ import enum
 import json
 import logging
 import sys
+from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -18,10 +19,9 @@ from docthink.cli.common import (
     RegistryOpt,
     RunsDir,
     SeedOpt,
-    _fail,
-    _load,
     _print_recipe,
     _say,
+    _tally,
     app,
 )
 from docthink.corpus import Corpus
@@ -34,6 +34,7 @@ from docthink.recipe import (
     IngestRecipe,
     SynthRecipe,
     commented_yaml,
+    load_recipe,
 )
 from docthink.runs import (
     mark_output,
@@ -42,7 +43,6 @@ from docthink.runs import (
     start_run,
 )
 from docthink.synth.card import write_card
-from docthink.synth.embed import EmbeddingUnavailable
 from docthink.synth.export import write_export
 from docthink.synth.pipeline import (
     StageModels,
@@ -75,7 +75,7 @@ def ingest(
     overrides: dict[str, object] = {"pdf_dir": pdf_dir, "out": out, "workers": workers}
     if render:
         overrides["prerender"] = {}
-    resolved = _load(IngestRecipe, recipe, overrides)
+    resolved = load_recipe(IngestRecipe, recipe, overrides)
     with start_run("ingest", resolved, command=sys.argv, runs_dir=runs_dir,
                    registry_path=registry) as run:
         summary = run_ingest(resolved.pdf_dir, resolved.out, render=resolved.prerender,
@@ -86,12 +86,17 @@ def ingest(
         mark_output(resolved.out, run.id, "ingest")
     _say(
         f"corpus {resolved.out}: {summary.ok} documents ok ({summary.pages} pages),"
-        f" {sum(summary.rejected.values())} rejected {dict(summary.rejected)};"
+        f" {_rejected(summary.rejected)};"
         f" {summary.processed} processed, {summary.skipped_unchanged} unchanged"
         f" in {summary.seconds:.1f} s  [run {run.id}]"
     )
     for doc_id, reason in sorted(summary.rejections.items()):
         _say(f"  rejected {doc_id}: {reason}")
+
+
+def _rejected(by_reason: dict[str, int]) -> str:
+    total = sum(by_reason.values())
+    return f"{total} rejected" + (f" ({_tally(by_reason)})" if total else "")
 
 
 @app.command()
@@ -108,7 +113,8 @@ def samples(
                    "source_pages": [fact.page], "answer": fact.answer}
             f.write(json.dumps(row) + "\n")
     _say(f"{len(paths)} PDFs in {out / 'pdfs'}, {len(facts)} questions in "
-                  f"{out / 'questions.jsonl'}")
+         f"{out / 'questions.jsonl'}; next: docthink ingest {out / 'pdfs'} --out CORPUS "
+         "(the questions name documents by their path in that folder)")
 
 
 def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> StageModels:
@@ -152,10 +158,12 @@ def run_synth(recipe: SynthRecipe, runs_dir: Path, registry: Path | None) -> Pat
         run.add_output(recipe.out / "examples.jsonl")
         run.add_output(recipe.out / "evidence.parquet")
         mark_output(recipe.out, run.id, "synth")
+    stages = Counter(d.stage for d in result.dropped)
+    dropped = f"{len(result.dropped)} dropped" + (
+        f" ({_tally(stages)}; why: see the data card)" if stages else "")
     _say(
         f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
-        f"{counts['examples']} examples; dropped {counts['dropped']}; data card {card}"
-        f"  [run {run.id}]"
+        f"{counts['examples']} examples; {dropped}; data card {card}  [run {run.id}]"
     )
     return recipe.out
 
@@ -177,7 +185,7 @@ def synth(
         placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
         _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE)
         return
-    resolved = _load(SynthRecipe, recipe, overrides)
+    resolved = load_recipe(SynthRecipe, recipe, overrides)
     run_synth(resolved, runs_dir, registry)
 
 
@@ -199,11 +207,8 @@ def export_cmd(
     registry: RegistryOpt = None,
 ) -> None:
     """SFT examples -> TRL (Parquet, messages + images) or LLaMA-Factory (JSONL, <image>)."""
-    try:
-        examples = read_examples(run_dir)
-        synth_recipe = _load(SynthRecipe, run_dir / "recipe.yaml", {})
-    except FileNotFoundError as exc:
-        raise _fail(str(exc)) from None
+    examples = read_examples(run_dir)
+    synth_recipe = load_recipe(SynthRecipe, run_dir / "recipe.yaml", {})
     recipe = ExportRecipe(run_dir=run_dir, format=fmt.value, out=out)
     with start_run("export", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
                    parents=parent_runs(run_dir), inputs=[run_dir / "examples.jsonl"]) as run:
@@ -267,9 +272,10 @@ def run_questions(recipe: QuestionsRecipe, runs_dir: Path, registry: Path | None
         run.add_output(path)
         mark_output(recipe.out, run.id, "questions")
     gap = result.gap.as_dict()
-    _say(f"questions {path}: {counts['questions']} questions {counts['by_kind']} by "
+    _say(f"questions {path}: {counts['questions']} questions ({_tally(counts['by_kind'])}) by "
          f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
-         f"{counts['by_context']}; hard-negative gap {gap['gap']}; data card {card}  [run {run.id}]")
+         f"{_tally(counts['by_context'])}; hard-negative gap {gap['gap']}; data card {card}"
+         f"  [run {run.id}]")
     return path
 
 
@@ -289,11 +295,8 @@ def questions(
     if print_recipe:
         _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
-    resolved = _load(QuestionsRecipe, recipe, overrides)
-    try:
-        run_questions(resolved, runs_dir, registry)
-    except (EmbeddingUnavailable, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+    resolved = load_recipe(QuestionsRecipe, recipe, overrides)
+    run_questions(resolved, runs_dir, registry)
 
 
 def run_tasks(recipe: TasksRecipe, runs_dir: Path, registry: Path | None) -> Path:
@@ -317,9 +320,9 @@ def run_tasks(recipe: TasksRecipe, runs_dir: Path, registry: Path | None) -> Pat
         run.add_output(recipe.out / "tasks.jsonl")
         run.add_output(recipe.out / "examples.jsonl")
         mark_output(recipe.out, run.id, "tasks")
-    _say(f"tasks {recipe.out}: {counts['tasks']} tasks {counts['by_task']}; "
+    _say(f"tasks {recipe.out}: {counts['tasks']} tasks ({_tally(counts['by_task'])}); "
          f"{counts['pages_with_printed_page_numbers']} pages print their page number; "
-         f"exports {sorted(exports)}; data card {card}  [run {run.id}]")
+         f"exports {', '.join(sorted(exports))}; data card {card}  [run {run.id}]")
     return recipe.out
 
 
@@ -339,9 +342,6 @@ def tasks(
     if print_recipe:
         _print_recipe(TasksRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
-    resolved = _load(TasksRecipe, recipe, overrides)
-    try:
-        run_tasks(resolved, runs_dir, registry)
-    except (EmbeddingUnavailable, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+    resolved = load_recipe(TasksRecipe, recipe, overrides)
+    run_tasks(resolved, runs_dir, registry)
 

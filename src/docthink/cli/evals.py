@@ -12,15 +12,15 @@ from docthink.cli.common import (
     PrintRecipe,
     RegistryOpt,
     RunsDir,
-    _fail,
-    _load,
     _print_recipe,
     _say,
     app,
 )
+from docthink.recipe import load_recipe
 
 eval_app = typer.Typer(
     no_args_is_help=True,
+    rich_markup_mode=None,
     help="Evaluate a model on MMLongBench-Doc / MMLBD-C; rescore predictions without a model.",
 )
 app.add_typer(eval_app, name="eval")
@@ -56,8 +56,9 @@ def eval_run(
     registry: RegistryOpt = None,
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
-    from docthink.evals import DataError, EvalRecipe, run_eval
+    from docthink.evals import EvalRecipe, run_eval
     from docthink.evals.recipe import eval_overrides
+    from docthink.evals.report import questions_summary
 
     overrides = eval_overrides(
         data=data, documents=documents, corpus=corpus, out=out, benchmark=benchmark, seed=seed,
@@ -70,16 +71,15 @@ def eval_run(
         placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
         _print_recipe(EvalRecipe, recipe, overrides, placeholders)
         return
-    resolved = _load(EvalRecipe, recipe, overrides)
-    try:
-        run_id, result = run_eval(resolved, runs_dir=runs_dir, registry_path=registry)
-    except (DataError, FileNotFoundError, NotADirectoryError) as exc:
-        raise _fail(str(exc)) from None
+    resolved = load_recipe(EvalRecipe, recipe, overrides)
+    run_id, result = run_eval(resolved, runs_dir=runs_dir, registry_path=registry)
     report = result.report
-    _say(f"eval {resolved.out}: {report['questions']}  [run {run_id}]")
+    questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
+    _say(f"eval {resolved.out}: {questions_summary(questions)}  [run {run_id}]")
     for mode, m in report["modes"].items():  # type: ignore[union-attr]
+        tokens = "-" if m["mean_output_tokens"] is None else f"{m['mean_output_tokens']:.1f}"
         _say(f"  {mode}: acc {m['acc']:.4f} f1 {m['f1']:.4f} ({m['n']} questions, "
-             f"{m['failures']} failed, mean output tokens {m['mean_output_tokens']})")
+             f"{m['failures']} failed, mean output tokens {tokens})")
     _say(f"  report {result.report_files[0]}; predictions {result.predictions}")
 
 
@@ -95,18 +95,17 @@ def eval_rescore(
     registry: RegistryOpt = None,
 ) -> None:
     """Score extracted predictions against the data with no model at all."""
-    from docthink.evals import DataError, PredictionsError, RescoreRecipe
+    from docthink.evals import RescoreRecipe
+    from docthink.evals.report import questions_summary
     from docthink.evals.runner import run_rescore
 
-    resolved = _load(RescoreRecipe, None, {"predictions": predictions, "data": data, "out": out,
-                                           "benchmark": benchmark, "seed": seed})
-    try:
-        run_id, report = run_rescore(resolved, runs_dir=runs_dir, registry_path=registry)
-    except (DataError, PredictionsError, FileNotFoundError) as exc:
-        raise _fail(str(exc)) from None
+    resolved = load_recipe(RescoreRecipe, None, {"predictions": predictions, "data": data,
+                                                 "out": out, "benchmark": benchmark, "seed": seed})
+    run_id, report = run_rescore(resolved, runs_dir=runs_dir, registry_path=registry)
     if out is None:
         typer.echo(json.dumps(report, indent=2))
     else:
+        questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
         _say(f"rescore {out}: acc {report['acc']:.4f} f1 {report['f1']:.4f} "
-             f"({report['questions']})  [run {run_id}]")
+             f"({questions_summary(questions)})  [run {run_id}]")
 

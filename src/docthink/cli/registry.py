@@ -14,13 +14,13 @@ from rich.table import Table
 from docthink.cli.common import (
     RegistryOpt,
     RunsDir,
-    _fail,
     _registry,
     _say,
     app,
     out_console,
     runs_app,
 )
+from docthink.errors import UserError, needs_extra
 from docthink.runs import (
     Registry,
     default_registry_path,
@@ -47,19 +47,16 @@ def runs_list(
     registry: RegistryOpt = None,
 ) -> None:
     """Most recent runs first."""
-    from docthink.runs.registry import FilterError, RunFilter, parse_metric, parse_when, parse_where
+    from docthink.runs.registry import RunFilter, parse_metric, parse_when, parse_where
 
-    try:
-        run_filter = RunFilter(
-            kind=kind, status=status, model=model,
-            where=tuple(parse_where(w) for w in where or ()),
-            metrics=tuple(parse_metric(m) for m in metric or ()),
-            since=None if since is None else parse_when(since, end=False),
-            until=None if until is None else parse_when(until, end=True),
-            tag=tag,
-        )
-    except FilterError as exc:
-        raise _fail(str(exc)) from None
+    run_filter = RunFilter(
+        kind=kind, status=status, model=model,
+        where=tuple(parse_where(w) for w in where or ()),
+        metrics=tuple(parse_metric(m) for m in metric or ()),
+        since=None if since is None else parse_when(since, end=False),
+        until=None if until is None else parse_when(until, end=True),
+        tag=tag,
+    )
     table = Table("id", "kind", "status", "started", "tags", "metrics")
     for column in table.columns[:4]:
         column.no_wrap = True
@@ -76,10 +73,7 @@ def runs_show(run_id: str, registry: RegistryOpt = None) -> None:
     from docthink.registry.index import skipped_files
 
     reg = _registry(registry)
-    try:
-        record = reg.get(reg.resolve(run_id))
-    except KeyError as exc:
-        raise _fail(exc.args[0]) from None
+    record = reg.get(_run_id(reg, run_id))
     data = {
         **{k: v for k, v in record.__dict__.items()
            if k not in ("artifacts", "parents", "notes", "tags")},
@@ -100,7 +94,7 @@ def _run_id(reg: Registry, prefix: str) -> str:
     try:
         return reg.resolve(prefix)
     except KeyError as exc:
-        raise _fail(exc.args[0]) from None
+        raise UserError(exc.args[0]) from None
 
 
 @runs_app.command("diff")
@@ -251,7 +245,7 @@ def leaderboard(
     try:
         board = build_leaderboard(_registry(registry), benchmark=benchmark, metric=metric)
     except KeyError as exc:
-        raise _fail(exc.args[0]) from None
+        raise UserError(exc.args[0]) from None
     for path, text in ((html, render_static(board) if html else ""),
                        (csv, board.to_csv() if csv else ""),
                        (json_out, board.to_json() if json_out else "")):
@@ -344,12 +338,10 @@ def serve(
     registry: RegistryOpt = None,
 ) -> None:
     """A read-only web UI: leaderboard, run pages (lineage, recipe, artifacts, notes), search."""
-    try:
+    with needs_extra("web", "docthink serve"):
         import uvicorn
 
         from docthink.registry.web import create_app
-    except ImportError as exc:
-        raise _fail(f"{exc}; the web UI needs: pip install 'docthink[web]'") from None
     _say(f"serving {registry or default_registry_path()} on http://{host}:{port} (read-only)")
     uvicorn.run(create_app(registry or default_registry_path()), host=host, port=port,
                 log_level="warning")
@@ -370,25 +362,19 @@ def reproduce(
     registry: RegistryOpt = None,
 ) -> None:
     """The exact command, recipe and commit of a run; with --run, rerun it and compare hashes."""
-    from docthink.registry.reproduce import ReproduceError, plan, rerun
+    from docthink.registry.reproduce import plan, rerun
 
     reg = _registry(registry)
     record = reg.get(_run_id(reg, run_id))
     target = out or runs_dir / f"reproduce-{record.id}"
-    try:
-        steps = plan(record, target, cwd)
-        if execute:
-            steps.require_inputs()
-    except ReproduceError as exc:
-        raise _fail(str(exc)) from None
+    steps = plan(record, target, cwd)
+    if execute:
+        steps.require_inputs()
     for line in steps.describe():
         typer.echo(line)
     if not execute:
         return
-    try:
-        outcome = rerun(steps, reg)
-    except ReproduceError as exc:
-        raise _fail(str(exc)) from None
+    outcome = rerun(steps, reg)
     for c in outcome.comparisons:
         typer.echo(f"{c.status:9} {c.recorded.path} {c.recorded.sha256[:12]}"
                    + ("" if c.now is None else f" -> {c.now.sha256[:12]}"))

@@ -13,16 +13,13 @@ from docthink.cli.common import (
     RecipeOpt,
     RegistryOpt,
     RunsDir,
-    _fail,
-    _load,
     _print_recipe,
     _say,
     app,
 )
-from docthink.merge import CheckpointError, MergeError, merge_checkpoints
-from docthink.recipe import (
-    MergeRecipe,
-)
+from docthink.errors import UserError, needs_extra
+from docthink.merge import merge_checkpoints
+from docthink.recipe import MergeRecipe, load_recipe
 from docthink.runs import (
     mark_output,
     parent_runs,
@@ -42,6 +39,9 @@ def merge(
     shard_size: Annotated[int | None, typer.Option(help="bytes per output shard")] = None,
     chunk_bytes: Annotated[int | None, typer.Option(help="buffer budget (memory)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing output folders")] = False,
+    extrapolate: Annotated[
+        bool, typer.Option("--extrapolate", help="allow strengths outside [0, 1]")
+    ] = False,
     recipe: RecipeOpt = None,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
@@ -50,24 +50,22 @@ def merge(
     try:
         alphas = [float(a) for a in alpha.split(",")]
     except ValueError:
-        raise _fail(f"--alpha: expected numbers separated by commas, got {alpha!r}") from None
+        raise UserError(f"--alpha: expected numbers separated by commas, got {alpha!r}") from None
     outs = out
     if len(out) == 1 and "{alpha}" in str(out[0]):
         outs = [Path(str(out[0]).replace("{alpha}", f"{a:g}")) for a in alphas]
     overrides = {"base": base, "tuned": tuned, "alphas": alphas, "outs": outs,
-                 "shard_size": shard_size, "chunk_bytes": chunk_bytes}
-    resolved = _load(MergeRecipe, recipe, overrides)
+                 "shard_size": shard_size, "chunk_bytes": chunk_bytes,
+                 "extrapolate": extrapolate or None}  # the flag only turns it on; so may a recipe
+    resolved = load_recipe(MergeRecipe, recipe, overrides)
     parents = parent_runs(resolved.base) + parent_runs(resolved.tuned)
     with start_run("merge", resolved, command=sys.argv, runs_dir=runs_dir,
                    registry_path=registry, parents=parents) as run:
-        try:
-            report = merge_checkpoints(
-                resolved.base, resolved.tuned, resolved.alphas, resolved.outs,
-                shard_size=resolved.shard_size, chunk_bytes=resolved.chunk_bytes,
-                progress=True, overwrite=overwrite,
-            )
-        except (MergeError, CheckpointError, FileExistsError) as exc:
-            raise _fail(str(exc)) from None
+        report = merge_checkpoints(
+            resolved.base, resolved.tuned, resolved.alphas, resolved.outs,
+            shard_size=resolved.shard_size, chunk_bytes=resolved.chunk_bytes,
+            progress=True, overwrite=overwrite,
+        )
         run.add_hashed_folder("input", resolved.base, report.base_files)
         run.add_hashed_folder("input", resolved.tuned, report.tuned_files)
         for output in report.outputs:
@@ -104,11 +102,7 @@ def train(
     registry: RegistryOpt = None,
 ) -> None:
     """SFT on an export with TRL: control tokens, loss on the answer, optional merge after."""
-    import torch
-
-    from docthink.train import ExportError, TemplateError, TrainRecipe, resolve
-    from docthink.train.sft import run_training
-    from docthink.train.tokens import CONTROL_TOKENS
+    from docthink.train import CONTROL_TOKENS, TrainRecipe, resolve
 
     overrides = {"model": model, "data": data, "out": out, "finetune": finetune,
                  "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
@@ -117,15 +111,16 @@ def train(
         placeholders = {"model": "MODEL", "data": "EXPORT_DIR"}
         _print_recipe(TrainRecipe, recipe, overrides, placeholders)
         return
-    resolved = resolve(_load(TrainRecipe, recipe, overrides), cuda=torch.cuda.is_available())
+    with needs_extra("train", "docthink train"):
+        import torch
+
+        from docthink.train.sft import run_training
+    resolved = resolve(load_recipe(TrainRecipe, recipe, overrides), cuda=torch.cuda.is_available())
     start = Path(resolved.model)
     parents = parent_runs(resolved.data) + (parent_runs(start) if start.is_dir() else [])
     with start_run("train", resolved, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
                    parents=parents, inputs=[resolved.data]) as run:
-        try:
-            result = run_training(resolved, resolved.out or run.dir, run.log)
-        except (ExportError, TemplateError, FileExistsError) as exc:
-            raise _fail(str(exc)) from None
+        result = run_training(resolved, resolved.out or run.dir, run.log)
         run.metrics.update(result.metrics)
         run.summary.update({"mixture": result.mixture, "tokens": result.tokens,
                             "model_dir": str(result.model_dir.resolve())})
@@ -134,12 +129,13 @@ def train(
     m = result.metrics
     _say(f"train {result.model_dir}: {m['steps']} steps on {m['rows_trained']} rows "
          f"({m['rows_think']} with a trace), loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
-         f"{m['tokens_per_s']} tokens/s; added tokens {result.tokens['added'] or 'none'} "
-         f"of {list(CONTROL_TOKENS)}  [run {run.id}]")
+         f"{m['tokens_per_s']} tokens/s; added tokens {', '.join(result.tokens['added']) or 'none'}"
+         f" of {', '.join(CONTROL_TOKENS)}  [run {run.id}]")
     if merge_alphas is not None:
         merge(base=_local_checkpoint(resolved.model), tuned=result.model_dir, alpha=merge_alphas,
               out=[result.model_dir.parent / "merged-{alpha}"], shard_size=None, chunk_bytes=None,
-              overwrite=False, recipe=None, runs_dir=runs_dir, registry=registry)
+              overwrite=False, extrapolate=False, recipe=None, runs_dir=runs_dir,
+              registry=registry)
 
 
 def _local_checkpoint(model: str) -> Path:

@@ -8,7 +8,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from docthink.corpus.files import Layout
+import orjson
+
+from docthink.corpus.files import CorpusError, Layout
 from docthink.corpus.images import ImageStore, RenderIndex, RenderRecord
 from docthink.corpus.manifest import ManifestRecord, read_records
 from docthink.corpus.pdf import RENDERER, RenderedPage, render_pages
@@ -90,7 +92,7 @@ class Corpus:
     def open(cls, root: Path) -> Corpus:
         layout = Layout(root)
         if not layout.manifest.exists():
-            raise FileNotFoundError(
+            raise CorpusError(
                 f"{root} has no manifest.jsonl: not a corpus, or its first ingest did not finish "
                 "(run the ingest again to complete it)"
             )
@@ -105,6 +107,11 @@ class Corpus:
     def close(self) -> None:
         if "_index" in self.__dict__:
             self._index.close()
+
+    @functools.cached_property
+    def ingested(self) -> Path:
+        """The folder this corpus mirrors; a document's id is its path under it."""
+        return Path(orjson.loads(self.layout.info.read_bytes())["pdf_dir"])
 
     @functools.cached_property
     def _index(self) -> RenderIndex:

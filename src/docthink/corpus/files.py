@@ -12,6 +12,13 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from docthink.errors import UserError
+
+
+class CorpusError(UserError):
+    """A folder that is not the corpus asked for: missing, not a corpus, another folder's, or
+    being written by another ingest."""
+
 
 @dataclass(frozen=True, slots=True)
 class Layout:
@@ -125,7 +132,7 @@ def exclusive_lock(path: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise RuntimeError(
+            raise CorpusError(
                 f"another ingest is writing {path.parent} (it holds {path})"
             ) from None
         yield

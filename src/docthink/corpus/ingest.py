@@ -25,6 +25,7 @@ import orjson
 
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import (
+    CorpusError,
     Journal,
     Layout,
     atomic_write,
@@ -98,7 +99,7 @@ def ingest(
     started = time.monotonic()
     pdf_dir, out = pdf_dir.resolve(), out.resolve()
     if not pdf_dir.is_dir():
-        raise NotADirectoryError(f"PDF folder {pdf_dir} does not exist or is not a folder")
+        raise CorpusError(f"PDF folder {pdf_dir} does not exist or is not a folder")
     fault = _checked_fault(os.environ.get(FAULT_ENV, ""))
     layout = Layout(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -150,8 +151,12 @@ def _claim(layout: Layout, pdf_dir: Path) -> None:
         atomic_write(layout.info, orjson.dumps(info, option=orjson.OPT_INDENT_2), layout.tmp)
         return
     recorded = orjson.loads(layout.info.read_bytes())
+    if recorded["pdf_dir"] != info["pdf_dir"]:
+        raise CorpusError(f"{layout.root} is the corpus of {recorded['pdf_dir']}: ingest "
+                          f"{pdf_dir} into another --out folder")
     if recorded != info:
-        raise ValueError(f"{layout.info} records {recorded}; this ingest is {info}")
+        raise CorpusError(f"{layout.root}: corpus format {recorded['format']}, this docthink "
+                          f"reads format {CORPUS_FORMAT}: ingest into a new folder")
 
 
 def _consolidate(layout: Layout) -> dict[str, ManifestRecord]:

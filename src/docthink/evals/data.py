@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
+from docthink.errors import UserError
 from docthink.evals.scoring import NOT_ANSWERABLE, AnswerFormat
 from docthink.runs import file_sha256
 
@@ -26,7 +27,7 @@ FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidenc
           "answer_format")
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """A benchmark file that cannot be read; the message names the file, row and field."""
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageDraw, ImageFont
 
@@ -96,6 +97,19 @@ def _pct(value: object) -> str:
     return "-" if value is None else f"{100 * float(value):.1f}"  # type: ignore[arg-type]
 
 
+def questions_summary(questions: Mapping[str, Any]) -> str:
+    """`report["questions"]` as a phrase: "292 evaluated, 790 skipped (790 pdf missing)"."""
+    why = ", ".join(f"{n} {reason}" for reason, n in questions["skipped_reasons"].items())
+    return (f"{questions['evaluated']} evaluated, {questions['skipped']} skipped"
+            + (f" ({why})" if why else ""))
+
+
+def _extraction(record: Mapping[str, object]) -> str:
+    """The extraction record as a phrase: rule, or llm (judge ..., prompt ..., ...)."""
+    details = ", ".join(f"{key} {value}" for key, value in record.items() if key != "method")
+    return f"{record['method']}" + (f" ({details})" if details else "")
+
+
 def render_markdown(report: Mapping[str, object]) -> str:
     modes: Mapping[str, Mapping[str, object]] = report["modes"]  # type: ignore[assignment]
     names = list(modes)
@@ -106,11 +120,11 @@ def render_markdown(report: Mapping[str, object]) -> str:
         "",
         (f"- data: {data['file']} (layout {data['layout']}, {data['rows']} rows, sha256 "
          f"{str(data['sha256'])[:16]})"),
-        (f"- questions evaluated: {questions['evaluated']}; skipped: {questions['skipped']} "
-         f"{json.dumps(questions['skipped_reasons'])}"),
+        f"- questions: {questions_summary(questions)}",
     ]
-    if report["extraction"] is not None:
-        lines.append(f"- answer extraction: {json.dumps(report['extraction'])}")
+    extraction: Mapping[str, object] | None = report["extraction"]  # type: ignore[assignment]
+    if extraction is not None:
+        lines.append(f"- answer extraction: {_extraction(extraction)}")
     lines += ["", "Scores in percent; 95% bootstrap interval on accuracy.", ""]
     lines += [f"| metric | {' | '.join(names)} |", "|---|" + "---:|" * len(names)]
 

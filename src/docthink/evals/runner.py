@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from docthink.corpus import Corpus, Document, RenderError, RenderPolicy, ingest
 from docthink.engine.local import run_requests
+from docthink.errors import UserError
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
     Extraction,
@@ -399,7 +400,7 @@ class PredictionIn(BaseModel):
     output_tokens: int | None = None
 
 
-class PredictionsError(ValueError):
+class PredictionsError(UserError, ValueError):
     """A predictions file that cannot be read; the message names the file and line."""
 
 
@@ -408,6 +409,8 @@ def read_predictions(path: Path, rows: dict[int, BenchRow]) -> dict[str, list[Sc
     is an error."""
     scored: dict[str, list[Scored]] = {}
     seen: set[tuple[int, str]] = set()
+    if not path.is_file():
+        raise PredictionsError(f"{path}: no such file")
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
             if not line.strip():

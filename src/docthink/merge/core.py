@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+from docthink.errors import OutputExists
 from docthink.merge.hashing import sha256_bytes
 from docthink.merge.lora import ADAPTER_CONFIG, is_adapter, open_adapter, plan_lora
 from docthink.merge.plan import MergeError, MergePlan, TensorPlan, VocabGrowth, plan_full
@@ -70,7 +71,7 @@ def merge_checkpoints(
         [Path(o) for o in outs],
         [float(a) for a in alphas],
     )
-    _check_outputs(base, tuned, alphas, outs, overwrite)
+    _check_arguments(base, tuned, alphas, outs, overwrite)
     base_ckpt = open_checkpoint(base)
     if is_adapter(tuned):
         adapter = open_adapter(tuned)
@@ -116,9 +117,12 @@ def merge_checkpoints(
     return replace(report, seconds=time.perf_counter() - start)
 
 
-def _check_outputs(
+def _check_arguments(
     base: Path, tuned: Path, alphas: list[float], outs: list[Path], overwrite: bool
 ) -> None:
+    for role, folder in (("base", base), ("tuned", tuned)):
+        if not folder.is_dir():
+            raise MergeError(f"{role} {folder}: no such folder")
     if not outs or len(alphas) != len(outs):
         raise MergeError(f"{len(alphas)} alphas for {len(outs)} output folders")
     if not all(math.isfinite(a) for a in alphas):
@@ -132,7 +136,7 @@ def _check_outputs(
         if res in (base.resolve(), tuned.resolve()):
             raise MergeError(f"{out}: is an input of the merge")
         if out.exists() and not overwrite:
-            raise FileExistsError(f"{out}: exists; pass overwrite=True to replace it")
+            raise OutputExists(f"{out}: exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def _extra_files(base: Path, tuned: Path, kind: str) -> dict[str, Path]:
@@ -227,8 +231,8 @@ def _publish(tmp: Path, out: Path, overwrite: bool) -> None:
         tmp.rename(out)
         return
     if not overwrite:
-        raise FileExistsError(
-            f"{out}: appeared during the merge; pass overwrite=True to replace it"
+        raise OutputExists(
+            f"{out}: appeared during the merge; pass overwrite=True (--overwrite) to replace it"
         )
     old = out.with_name(f"{out.name}.old-{secrets.token_hex(4)}")
     out.rename(old)

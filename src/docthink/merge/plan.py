@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
+from docthink.errors import UserError
 from docthink.merge.safetensors_io import FLOAT_DTYPES, Checkpoint, TensorRef, read_into
 
 # Only token tables may gain rows (tokens added during SFT); any other shape change is an error.
@@ -17,7 +18,7 @@ EMBED_SUFFIX = "embed_tokens.weight"
 MAX_LISTED = 20
 
 
-class MergeError(ValueError):
+class MergeError(UserError, ValueError):
     """Inputs that cannot be merged; raised before anything is written."""
 
 
@@ -52,6 +53,9 @@ class VocabGrowth:
     tensor: str
     base_rows: int
     tuned_rows: int
+
+    def __str__(self) -> str:
+        return f"{self.tensor}: {self.base_rows} -> {self.tuned_rows} rows"
 
 
 @dataclass

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from docthink.errors import UserError
+
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
 MAX_HEADER_BYTES = 100 * 2**20
@@ -28,7 +30,7 @@ ITEMSIZE = {
 FLOAT_DTYPES = ("BF16", "F16", "F32", "F64")
 
 
-class CheckpointError(ValueError):
+class CheckpointError(UserError, ValueError):
     """A checkpoint file or folder that cannot be read as safetensors weights."""
 
 

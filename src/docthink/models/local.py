@@ -47,6 +47,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from docthink.errors import UserError, needs_extra
 from docthink.models.base import (
     ChatRequest,
     ChatResult,
@@ -82,24 +83,20 @@ class LocalModelSpec(BaseModel):
 
 
 def _require_extra() -> None:
-    try:
+    with needs_extra(EXTRA, "a local model"):
         import torch  # noqa: F401
         import torchvision  # noqa: F401
         import transformers  # noqa: F401
-    except ModuleNotFoundError as error:
-        raise ModuleNotFoundError(
-            f"a local model needs the '{EXTRA}' extra (pip install 'docthink[{EXTRA}]'): "
-            f"{error.name} is not installed",
-            name=error.name,
-        ) from None
 
 
 def checkpoint_digest(path: Path) -> str:
     """sha256 over the checkpoint folder's files (names and contents, in name order): weights,
     configs, tokenizer and chat template all decide the answers."""
+    if not path.is_dir():
+        raise UserError(f"{path}: no such folder (a local model is a checkpoint folder)")
     files = sorted(f for f in path.iterdir() if f.is_file())
     if not any(f.suffix == ".safetensors" for f in files):
-        raise FileNotFoundError(f"{path}: no *.safetensors file: not a checkpoint folder")
+        raise UserError(f"{path}: no *.safetensors file: not a checkpoint folder")
     digest = hashlib.sha256()
     for file in files:
         digest.update(file.name.encode() + b"\0")

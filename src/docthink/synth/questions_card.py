@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from docthink.synth.card import bar_chart, usage_table
+from docthink.synth.card import bar_chart, count_table, usage_table
 from docthink.synth.question_recipe import ContextSettings
 from docthink.synth.questions_gen import QuestionsResult
 from docthink.synth.tasks_free import TasksResult
@@ -23,11 +23,6 @@ def length_bins(lengths: Sequence[int], low: int, high: int) -> tuple[list[str],
     labels = [f"{e}-{min(e + width - 1, high)}" if width > 1 else str(e) for e in edges]
     counts = [sum(e <= n <= e + width - 1 for n in lengths) for e in edges]
     return labels, counts
-
-
-def _table(title: str, counts: dict[str, int] | Counter[str]) -> list[str]:
-    rows = [f"| {title} | count |", "|---|---|"]
-    return rows + [f"| {key} | {count} |" for key, count in sorted(counts.items())]
 
 
 def context_section(
@@ -45,7 +40,8 @@ def context_section(
     for name, component in settings.components().items():
         observed = lengths.get(name, [])
         stats = (
-            (min(observed), statistics.median(observed), max(observed)) if observed else ("-",) * 3
+            (min(observed), f"{statistics.median(observed):g}", max(observed)) if observed
+            else ("-",) * 3
         )
         lines.append(
             f"| {name} | {component.weight / weight_sum:.2f} | {len(observed) / total:.2f} |"
@@ -90,17 +86,18 @@ def write_questions_card(
         "",
         "## Questions",
         "",
-        *_table("kind", Counter(q.kind for q in result.questions)),
+        *count_table("kind", Counter(q.kind for q in result.questions), "No questions."),
         "",
-        *_table("question type", Counter(q.qtype for q in result.questions)),
+        *count_table("question type", Counter(q.qtype for q in result.questions), ""),
         "",
-        *_table("answer format", Counter(q.answer_format for q in result.questions)),
+        *count_table("answer format", Counter(q.answer_format for q in result.questions), ""),
         "",
-        *_table("generator", Counter(q.generator for q in result.questions)),
+        *count_table("generator", Counter(q.generator for q in result.questions), ""),
         "",
         "## Dropped, and why",
         "",
-        *_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped)),
+        *count_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped),
+                     "Nothing was dropped."),
         "",
         (f"Judge requests: {counts['judge_requests']}; questions rejected by the judge: "
         f"{counts['judge_rejected']}."),
@@ -117,6 +114,11 @@ def write_questions_card(
     path = out / "card.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def _offsets(printed: dict[int, int]) -> str:
+    """The distinct (printed - physical) page number offsets of a document, as text."""
+    return ", ".join(str(o) for o in sorted({shown - page for page, shown in printed.items()}))
 
 
 def write_tasks_card(
@@ -139,11 +141,12 @@ def write_tasks_card(
         "",
         "## Tasks",
         "",
-        *_table("task", Counter(r.task for r in result.rows)),
+        *count_table("task", Counter(r.task for r in result.rows), "No tasks."),
         "",
         "## Dropped, and why",
         "",
-        *_table("task: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped)),
+        *count_table("task: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped),
+                     "Nothing was dropped."),
         "",
         "## Printed page numbers (they give the unshuffle answer away)",
         "",
@@ -155,7 +158,7 @@ def write_tasks_card(
         "| document | pages with a printed number | offset (printed - physical) |",
         "|---|---|---|",
         *[
-            f"| {doc} | {len(pages)} | {sorted({v - k for k, v in pages.items()})} |"
+            f"| {doc} | {len(pages)} | {_offsets(pages)} |"
             for doc, pages in sorted(printed_docs.items())
         ],
         "",

@@ -17,6 +17,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
+from docthink.errors import UserError
 from docthink.synth.choice import uniform
 from docthink.synth.export import COT
 from docthink.synth.rows import Placement
@@ -29,7 +30,7 @@ Part = dict[str, str]  # {"type": "text", "text": ...} or {"type": "image"}
 Msg = dict[str, Any]  # {"role": ..., "content": [Part, ...]}
 
 
-class ExportError(ValueError):
+class ExportError(UserError, ValueError):
     """An export that cannot be trained on; the message names the file and row."""
 
 

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from docthink.errors import OutputExists
 from docthink.train.data import (
     MixReport,
     PageCollator,
@@ -184,8 +185,8 @@ def fit(trainer: Any, out: Path, *, resume: bool = False) -> dict[str, Any]:
     curve, steps, tokens and tokens/s). Does not save the final model."""
     last = _last_checkpoint(out / "checkpoints")
     if last is not None and not resume:
-        raise FileExistsError(f"{out / 'checkpoints'}: holds checkpoints of an earlier run; "
-                              "set resume: true to continue it, or train into another out")
+        raise OutputExists(f"{out / 'checkpoints'}: holds checkpoints of an earlier run; "
+                           "set resume: true to continue it, or train into another out")
     start = time.perf_counter()
     output = trainer.train(resume_from_checkpoint=last if resume else None)
     seconds = time.perf_counter() - start

@@ -11,13 +11,14 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from docthink.errors import UserError
 from docthink.synth.export import COT
 
 CONTROL_TOKENS = (COT, "<think>", "</think>")
 _PROBE = "\x00probe\x00"
 
 
-class TemplateError(ValueError):
+class TemplateError(UserError, ValueError):
     """A tokenizer or chat template that would not train the `<cot>` switch as exported."""
 
 

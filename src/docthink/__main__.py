@@ -1,0 +1,5 @@
+"""`python -m docthink`: the `docthink` command."""
+
+from docthink.cli import main
+
+main()
