@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -37,7 +38,9 @@ def _left_behind(folder: Path) -> set[str]:
         files |= {f"runs: {p}" for p in runs.rglob("*")}
     worktrees = subprocess.run(["git", "-C", str(folder), "worktree", "list", "--porcelain"],
                                capture_output=True, text=True, check=True).stdout
-    return files | {line for line in worktrees.splitlines() if line.startswith("worktree ")}
+    # a worktree a test added (in a temporary folder) and left registered in the checkout
+    temporary = f"worktree {tempfile.gettempdir()}/"
+    return files | {line for line in worktrees.splitlines() if line.startswith(temporary)}
 
 
 @pytest.fixture(scope="session", autouse=True)

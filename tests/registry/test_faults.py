@@ -244,7 +244,7 @@ def test_verify_names_every_planted_file_with_its_reason(broken: Broken) -> None
 
 def test_leaderboard_and_runs_commands_keep_working(broken: Broken) -> None:
     board = cli("leaderboard", "--registry", broken.registry)
-    assert "docthink-teacher/bm25" in board and "1 checkpoints" in board
+    assert "docthink-teacher/bm25" in board and "1 checkpoint;" in board
     listed = cli("runs", "list", "--limit", "100", "--registry", broken.registry)
     assert all(run_id in listed for run_id in broken.runs.values())
     for name, run_id in broken.runs.items():

@@ -278,7 +278,7 @@ def leaderboard(
                       *(escape(row.recipe.get(n, "")) for n in recipe_cols),
                       str(len(row.lineage) + len(row.scores)))
     out_console.print(table)
-    _say(f"{len(board.rows)} checkpoints; lineage of each: `docthink runs lineage EVAL_RUN`, "
+    _say(f"{len(board.rows)} checkpoint{'' if len(board.rows) == 1 else 's'}; lineage of each: `docthink runs lineage EVAL_RUN`, "
          "or the --html page")
 
 
