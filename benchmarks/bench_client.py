@@ -32,13 +32,14 @@ import aiohttp
 import openai
 import orjson
 import psutil
+from _servers import free_port, start_servers
 from PIL import Image
 
-from docthink.models.base import ChatRequest, ChatResult, ImagePart, Message, TextPart, Usage
+from docthink.core.parts import ImagePart, TextPart
+from docthink.models.base import ChatRequest, ChatResult, Message, Usage
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.openai_compat import OpenAICompatModel
 from docthink.models.specs import EndpointSpec, OpenAIModelSpec
-from _servers import free_port, start_servers
 
 COMPLETION = orjson.dumps(
     {

@@ -22,8 +22,9 @@ import random
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
+from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.corpus import RenderPolicy
-from docthink.models.base import ChatRequest, ImagePart, PageRef, TextPart
+from docthink.models.base import ChatRequest
 from docthink.synth import requests as rq
 from docthink.synth.pipeline import evidence_order
 from docthink.synth.rows import Question

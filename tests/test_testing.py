@@ -12,7 +12,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText, AutoProcessor
 
-from docthink.testing import CONTROL_TOKENS, Family, build_tiny_vlm
+from docthink.core.vocab import CONTROL_TOKENS
+from docthink.testing import Family, build_tiny_vlm
 
 FAMILIES: tuple[Family, ...] = ("qwen2.5-vl", "qwen3-vl")
 

@@ -17,8 +17,8 @@ from pydantic import (
 )
 from pydantic_core import ErrorDetails
 
+from docthink.core.errors import UserError
 from docthink.corpus import RenderPolicy
-from docthink.errors import UserError
 from docthink.models.specs import ModelSpec, TeacherSpec
 
 

@@ -30,6 +30,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
+from docthink.core.vocab import CONTROL_TOKENS
+
 Family = Literal["qwen2.5-vl", "qwen3-vl"]
 
 SPECIAL_TOKENS = (
@@ -42,7 +44,6 @@ SPECIAL_TOKENS = (
     "<|image_pad|>",
     "<|video_pad|>",
 )
-CONTROL_TOKENS = ("<cot>", "<think>", "</think>")
 # Real checkpoints initialise at 0.02; at that scale a model this narrow barely departs from its
 # input embedding and answers every prompt alike. At 0.2 its output depends on the images and the
 # text, so tests can tell whether they reached it.

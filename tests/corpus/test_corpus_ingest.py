@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, CorpusError, RenderPolicy, ingest
 from docthink.corpus.ingest import FAULT_ENV
 from docthink.corpus.samples import write_sample_pdfs
-from docthink.models.base import PageRef
 from docthink.runs import Registry
 from tests.corpus.corpus_pdfs import (
     write_broken_page,

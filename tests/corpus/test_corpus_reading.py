@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, RenderPolicy, ingest
-from docthink.models.base import PageRef
 from tests.corpus.corpus_pdfs import write_encrypted, write_pdf, write_rotated, write_sized_pdf
 
 LETTER_LANDSCAPE = (792.0, 612.0)

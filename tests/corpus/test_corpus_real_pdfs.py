@@ -9,8 +9,8 @@ import pikepdf
 import pytest
 from PIL import Image
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, RenderPolicy, ingest
-from docthink.models.base import PageRef
 
 DOCUMENTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench" / "documents"
 

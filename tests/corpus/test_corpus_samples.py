@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, ingest
 from docthink.corpus.samples import write_sample_pdfs
-from docthink.models.base import PageRef
 
 
 def test_samples_are_deterministic_and_facts_are_on_their_pages(tmp_path: Path):

@@ -18,15 +18,8 @@ from openai_server import Error, OpenAIServer, Reply
 from pydantic import field_validator
 from test_openai_compat import Answer, ask, make_spec, page_image, run
 
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    Message,
-    RequestFailed,
-    TextPart,
-    Usage,
-)
+from docthink.core.parts import ImagePart, TextPart
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed, Usage
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.openai_compat import OpenAICompatModel
 

@@ -14,15 +14,8 @@ from openai_server import Drop, Error, Hang, OpenAIServer, Raw, Reply, free_port
 from PIL import Image
 from pydantic import BaseModel, SecretStr
 
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    Message,
-    PageRef,
-    RequestFailed,
-    TextPart,
-)
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.openai_compat import OpenAICompatModel
 from docthink.models.specs import EndpointSpec, OpenAIModelSpec

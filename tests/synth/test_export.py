@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from docthink.synth.choice import weighted_choice
+from docthink.core.seeded import weighted_choice
 from docthink.synth.export import plain_example, trace_example, write_export
 
 IMAGES = [("a" * 64, ".png"), ("b" * 64, ".png"), ("c" * 64, ".png")]

@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from docthink.core.errors import UserError
 from docthink.corpus import Corpus, ingest
-from docthink.errors import UserError
 from docthink.synth.contexts import ContextSource, build_context
 from docthink.synth.embed import EmbeddingSettings, PageIndex
 from docthink.synth.negatives import (

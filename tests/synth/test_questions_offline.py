@@ -14,8 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from docthink.cli import app
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
-from docthink.models.base import PageRef
 from docthink.synth import embed
 from docthink.synth.question_recipe import ContextSettings, QuestionSpecWeights
 from docthink.synth.questions import read_question_rows, resolve

@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, RenderPolicy
-from docthink.models.base import PageRef
 from docthink.synth.question_recipe import QuestionSpecWeights
 from docthink.synth.question_writers import sample_spec
 from tests.synth.conftest import docthink

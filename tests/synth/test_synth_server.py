@@ -22,8 +22,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from docthink.core.parts import ImagePart, PageRef
 from docthink.corpus import Corpus, RenderPolicy
-from docthink.models.base import ImagePart, PageRef
 from docthink.synth import requests as rq
 from docthink.synth.prompts import prompt
 from tests.synth.conftest import docthink

@@ -13,8 +13,8 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
-from docthink.models.base import PageRef
 from docthink.synth.text_layout import flat, page_layout, printed_page_numbers, sentences
 from tests.synth.conftest import docthink
 

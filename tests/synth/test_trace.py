@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from docthink.models.base import PageRef
+from docthink.core.parts import PageRef
 from docthink.synth.rows import Dropped, PageEvidence, Trace
 from docthink.synth.trace import build_trace, floored_score
 

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from docthink.synth.export import COT
+from docthink.core.vocab import COT
 from docthink.train.data import (
     ExportError,
     TrainRow,

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from docthink.synth.export import COT
+from docthink.core.vocab import COT
 from docthink.train.data import read_export
 from docthink.train.recipe import TrainRecipe, resolve
 from docthink.train.sft import load_model, make_trainer

@@ -16,7 +16,7 @@ from rich.markup import escape
 from typer.core import TyperGroup
 
 from docthink import __version__
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 from docthink.recipe import (
     commented_yaml,
     load_recipe,

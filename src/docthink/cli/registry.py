@@ -20,7 +20,7 @@ from docthink.cli.common import (
     out_console,
     runs_app,
 )
-from docthink.errors import UserError, needs_extra
+from docthink.core.errors import UserError, needs_extra
 from docthink.runs import (
     Registry,
     default_registry_path,

@@ -17,7 +17,7 @@ from docthink.cli.common import (
     _say,
     app,
 )
-from docthink.errors import UserError, needs_extra
+from docthink.core.errors import UserError, needs_extra
 from docthink.merge import merge_checkpoints
 from docthink.recipe import MergeRecipe, load_recipe
 from docthink.runs import (
@@ -102,7 +102,8 @@ def train(
     registry: RegistryOpt = None,
 ) -> None:
     """SFT on an export with TRL: control tokens, loss on the answer, optional merge after."""
-    from docthink.train import CONTROL_TOKENS, TrainRecipe, resolve
+    from docthink.core.vocab import CONTROL_TOKENS
+    from docthink.train import TrainRecipe, resolve
 
     overrides = {"model": model, "data": data, "out": out, "finetune": finetune,
                  "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,

@@ -10,15 +10,15 @@ from pathlib import Path
 
 import orjson
 
+from docthink.core.parts import ImagePart, PageRef
 from docthink.corpus.files import CorpusError, Layout
 from docthink.corpus.images import ImageStore, RenderIndex, RenderRecord
 from docthink.corpus.manifest import ManifestRecord, read_records
 from docthink.corpus.pdf import RENDERER, RenderedPage, render_pages
 from docthink.corpus.policy import RenderPolicy
-from docthink.progress import progress
 from docthink.corpus.texts import TextStore
 from docthink.corpus.workers import TaskFailed, WorkerDied, run_isolated
-from docthink.models.base import ImagePart, PageRef
+from docthink.progress import progress
 
 # Pages per worker task: enough to amortise opening the PDF, few enough to spread one long document
 # over the workers.

@@ -12,7 +12,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 
 
 class CorpusError(UserError):

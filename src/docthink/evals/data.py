@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ast
 import csv
-import hashlib
 import json
 import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -19,8 +18,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
-from docthink.errors import UserError
-from docthink.evals.scoring import NOT_ANSWERABLE, AnswerFormat
+from docthink.core.errors import UserError
+from docthink.core.seeded import uniform
+from docthink.core.vocab import NOT_ANSWERABLE
+from docthink.evals.scoring import AnswerFormat
 from docthink.runs import file_sha256
 
 FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidence_sources",
@@ -161,11 +162,6 @@ def _reason(exc: Exception) -> str:
 # -- selection ------------------------------------------------------------------------------------
 
 
-def stable_fraction(seed: int, key: object, purpose: str) -> float:
-    """A number in [0, 1) derived from (seed, key, purpose) only: the same on every machine."""
-    digest = hashlib.sha256(f"{seed}\0{key}\0{purpose}".encode()).digest()
-    return int.from_bytes(digest[:8], "big") / 2**64
-
 
 def stratified_sample(rows: Sequence[BenchRow], n: int, seed: int) -> list[BenchRow]:
     """`n` rows with each answer format represented in proportion (largest remainder), chosen by
@@ -184,7 +180,7 @@ def stratified_sample(rows: Sequence[BenchRow], n: int, seed: int) -> list[Bench
     chosen = [
         row
         for fmt, group in strata.items()
-        for row in sorted(group, key=lambda r: stable_fraction(seed, r.index, "sample"))[: counts[fmt]]
+        for row in sorted(group, key=lambda r: uniform(seed, r.index, "sample"))[: counts[fmt]]
     ]
     return sorted(chosen, key=lambda r: r.index)
 

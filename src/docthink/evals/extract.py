@@ -21,8 +21,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from docthink.core.vocab import NOT_ANSWERABLE, THINK_CLOSE, THINK_OPEN
 from docthink.engine.local import run_requests
-from docthink.evals.scoring import NOT_ANSWERABLE
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.progress import progress
 
@@ -55,7 +55,6 @@ class Extraction:
 
 # -- rule-based -----------------------------------------------------------------------------------
 
-_THINK_OPEN, _THINK_CLOSE = "<think>", "</think>"
 _MARKER = re.compile(
     r"\b(?:extracted answer|final answer|short answer|answer)\s*[:：]\s*|\bthe answer is\s*:?\s*",
     re.IGNORECASE,
@@ -85,9 +84,9 @@ _SHORT_WORDS = 12
 def final_text(response: str) -> str:
     """The response after its reasoning: the text after the last `</think>`; empty when a
     `<think>` block never closed (the model ran out of tokens before answering)."""
-    if _THINK_CLOSE in response:
-        return response.rsplit(_THINK_CLOSE, 1)[1].strip()
-    return "" if _THINK_OPEN in response else response.strip()
+    if THINK_CLOSE in response:
+        return response.rsplit(THINK_CLOSE, 1)[1].strip()
+    return "" if THINK_OPEN in response else response.strip()
 
 
 def _after_marker(text: str) -> str | None:

@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from docthink.evals.data import BenchRow, stable_fraction
-from docthink.evals.scoring import NOT_ANSWERABLE
+from docthink.core.seeded import uniform
+from docthink.core.vocab import NOT_ANSWERABLE
+from docthink.evals.data import BenchRow
 
 BOOTSTRAP_SAMPLES = 1000
 
@@ -63,7 +64,7 @@ def bootstrap_ci(scores: Sequence[float], seed: int,
                  samples: int = BOOTSTRAP_SAMPLES) -> tuple[float, float] | None:
     if not scores:
         return None
-    rng = np.random.default_rng(int(stable_fraction(seed, "acc", "bootstrap") * 2**63))
+    rng = np.random.default_rng(int(uniform(seed, "acc", "bootstrap") * 2**63))
     values = np.asarray(scores, dtype=np.float64)
     means = values[rng.integers(0, len(values), size=(samples, len(values)))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])

@@ -21,9 +21,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from docthink.core.errors import UserError
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.core.vocab import COT
 from docthink.corpus import Corpus, Document, RenderError, RenderPolicy, ingest
 from docthink.engine.local import run_requests
-from docthink.errors import UserError
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
     Extraction,
@@ -41,18 +43,13 @@ from docthink.models import (
     ChatModel,
     ChatRequest,
     ChatResult,
-    ImagePart,
     Message,
-    PageRef,
     RequestCache,
     RequestFailure,
-    TextPart,
     build_model,
 )
 from docthink.progress import progress
 from docthink.runs import mark_output, parent_runs, start_run
-from docthink.synth.export import COT
-
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,7 +32,6 @@ from typing import Literal
 
 AnswerFormat = Literal["Int", "Float", "Str", "None", "List"]
 ANSWER_FORMATS: tuple[AnswerFormat, ...] = ("Int", "Float", "Str", "None", "List")
-NOT_ANSWERABLE = "Not answerable"
 
 _PARENTHESES = re.compile(r"\s*\([^)]*\)")
 _EDGE_QUOTE = re.compile(r"^['\"]|['\"]$")

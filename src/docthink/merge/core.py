@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from docthink.errors import OutputExists
+from docthink.core.errors import OutputExists
 from docthink.merge.hashing import sha256_bytes
 from docthink.merge.lora import ADAPTER_CONFIG, is_adapter, open_adapter, plan_lora
 from docthink.merge.plan import MergeError, MergePlan, TensorPlan, VocabGrowth, plan_full

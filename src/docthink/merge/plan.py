@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 from docthink.merge.safetensors_io import FLOAT_DTYPES, Checkpoint, TensorRef, read_into
 
 # Only token tables may gain rows (tokens added during SFT); any other shape change is an error.

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"

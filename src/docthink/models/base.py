@@ -2,9 +2,8 @@
 validated structured object out, with token usage.
 
 Conventions every backend relies on:
-- An image part carries the content hash of its file in the image store and, when it shows a PDF
-  page, which page (`PageRef`). Remote models get the pixels; text-layer models (the offline
-  teacher) read that page's text layer instead.
+- Messages are made of `core.parts`: an image part names its page, so remote models get the
+  pixels and text-layer models (the offline teacher) read that page's text layer instead.
 - docthink's prompts put the question as the last text part of the last user message, after any
   images and evidence, so a prefix-caching server can reuse everything before it.
 """
@@ -14,38 +13,14 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass, field
 from functools import cache
-from pathlib import Path
 from typing import Literal, Protocol
 
 import orjson
 from pydantic import BaseModel
 
+from docthink.core.parts import Part, TextPart
+
 Role = Literal["system", "user", "assistant"]
-
-
-@dataclass(frozen=True, slots=True)
-class PageRef:
-    doc_id: str
-    page: int  # 1-based page number in the PDF
-
-    def __str__(self) -> str:
-        return f"{self.doc_id}#p{self.page}"
-
-
-@dataclass(frozen=True, slots=True)
-class TextPart:
-    text: str
-
-
-@dataclass(frozen=True, slots=True)
-class ImagePart:
-    path: Path  # file in the content-addressed image store
-    sha256: str  # hash of the file's bytes (the store key)
-    mime: str  # "image/png" or "image/jpeg"
-    page: PageRef | None = None
-
-
-Part = TextPart | ImagePart
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,7 +14,7 @@ from collections import OrderedDict
 
 import orjson
 
-from docthink.models.base import ImagePart
+from docthink.core.parts import ImagePart
 
 
 class ImageUnreadable(Exception):

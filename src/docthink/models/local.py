@@ -47,17 +47,9 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from docthink.errors import UserError, needs_extra
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    Message,
-    RequestFailed,
-    TextPart,
-    Usage,
-    UsageMeter,
-)
+from docthink.core.errors import UserError, needs_extra
+from docthink.core.parts import ImagePart, TextPart
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed, Usage, UsageMeter
 
 if TYPE_CHECKING:
     from PIL import Image

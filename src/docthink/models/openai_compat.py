@@ -31,15 +31,8 @@ import aiohttp
 import orjson
 from pydantic import BaseModel, ValidationError
 
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    Message,
-    RequestFailed,
-    TextPart,
-    Usage,
-    UsageMeter,
-)
+from docthink.core.parts import TextPart
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed, Usage, UsageMeter
 from docthink.models.images import ImageParts, ImageUnreadable
 from docthink.models.specs import EndpointSpec, OpenAIModelSpec
 

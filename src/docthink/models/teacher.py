@@ -61,21 +61,13 @@ from typing import Protocol
 
 import numpy as np
 
-from docthink.errors import needs_extra
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    PageRef,
-    RequestFailed,
-    TextPart,
-    Usage,
-    UsageMeter,
-)
+from docthink.core.errors import needs_extra
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.core.vocab import NOT_ANSWERABLE
+from docthink.models.base import ChatRequest, ChatResult, RequestFailed, Usage, UsageMeter
 from docthink.models.specs import TeacherSpec
 from docthink.models.tasks import PageEvidence, ShortAnswer
 
-NOT_ANSWERABLE = "Not answerable"
 NO_EVIDENCE = "This page does not address the question."
 NO_TEXT_LAYER = "This page has no text layer, so the offline teacher cannot read it."
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import yaml
 
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 from docthink.runs.registry import Artifact, Registry, RunFilter, RunRecord
 from docthink.runs.run import code_version, tree_digest
 

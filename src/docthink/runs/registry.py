@@ -17,7 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
-from docthink.errors import UserError
+from docthink.core.errors import UserError
 from docthink.sqlite import open_wal
 
 MIGRATIONS: tuple[str, ...] = (

@@ -22,12 +22,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from docthink.models.base import PageRef
-from docthink.synth.choice import weighted_choice
+from docthink.core.parts import PageRef
+from docthink.core.seeded import rng, weighted_choice
 from docthink.synth.embed import PageIndex
 from docthink.synth.negatives import HardNegatives
 from docthink.synth.question_recipe import ContextComponent, ContextSettings
-from docthink.synth.sampling import rng
 
 
 @dataclass(frozen=True, slots=True)

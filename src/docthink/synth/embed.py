@@ -29,10 +29,10 @@ import numpy as np
 import orjson
 from pydantic import Field
 
+from docthink.core.errors import MissingExtra
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
 from docthink.corpus.files import atomic_write, sharded
-from docthink.errors import MissingExtra
-from docthink.models.base import PageRef
 from docthink.models.teacher import terms
 from docthink.recipe import Recipe
 

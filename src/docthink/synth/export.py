@@ -15,9 +15,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from docthink.synth.rows import Branch, Placement
+from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, Placement
+from docthink.synth.rows import Branch
 
-COT = "<cot>"
 ImageKey = tuple[str, str]  # (sha256, file suffix): the image's name in an export
 ImageLocator = Callable[[ImageKey], Path]  # where the image store keeps an image
 
@@ -93,7 +93,7 @@ def trace_example(
         "prefix": f"{COT} {question}",
         "suffix": f"{question} {COT}",
     }.get(placement, question)
-    assistant = answer if placement == "none" else f"<think>{trace}</think>\n{answer}"
+    assistant = answer if placement == "none" else f"{THINK_OPEN}{trace}{THINK_CLOSE}\n{answer}"
     return SFTExample(
         id=qid,
         kind="trace",

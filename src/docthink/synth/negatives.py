@@ -17,11 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
+from docthink.core.errors import UserError
+from docthink.core.seeded import np_rng
 from docthink.corpus import Corpus
-from docthink.errors import UserError
 from docthink.synth.embed import EmbeddingSettings, PageIndex
 from docthink.synth.question_recipe import Decontamination
-from docthink.synth.sampling import np_rng
 
 
 @dataclass

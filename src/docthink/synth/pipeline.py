@@ -13,15 +13,16 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
+from docthink.core.errors import UserError
+from docthink.core.parts import ImagePart, PageRef
+from docthink.core.seeded import uniform, weighted_choice
 from docthink.corpus import Corpus
-from docthink.progress import progress
 from docthink.engine.local import run_requests
-from docthink.errors import UserError
-from docthink.models.base import ChatModel, ChatResult, ImagePart, PageRef, RequestFailure
+from docthink.models.base import ChatModel, ChatResult, RequestFailure
 from docthink.models.tasks import PageEvidence as EvidenceOutput
+from docthink.progress import progress
 from docthink.recipe import SynthRecipe
 from docthink.synth import requests as rq
-from docthink.synth.choice import uniform, weighted_choice
 from docthink.synth.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.synth.prompts import prompt
 from docthink.synth.questions import (

@@ -12,22 +12,14 @@ from typing import cast
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.core.seeded import rng, weighted_choice
 from docthink.corpus import Corpus
 from docthink.engine.local import run_requests
-from docthink.models.base import (
-    ChatModel,
-    ChatRequest,
-    ImagePart,
-    Message,
-    PageRef,
-    RequestFailure,
-    TextPart,
-)
+from docthink.models.base import ChatModel, ChatRequest, Message, RequestFailure
 from docthink.synth import extractive_questions as ex
-from docthink.synth.choice import weighted_choice
 from docthink.synth.prompts import prompt
 from docthink.synth.question_recipe import QuestionSpecWeights
-from docthink.synth.sampling import rng
 
 # -- what models return -------------------------------------------------------------------------
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from docthink.core.errors import UserError
+from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
-from docthink.errors import UserError
-from docthink.models.base import PageRef
 from docthink.synth.rows import Dropped, Question
 
 

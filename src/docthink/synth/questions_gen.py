@@ -33,23 +33,16 @@ from decimal import Decimal, InvalidOperation
 from pathlib import Path
 from typing import Literal, cast
 
+from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.core.seeded import rng, uniform
+from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.corpus import Corpus
 from docthink.engine.local import run_requests
 from docthink.models import CachedModel, ChatModel, RequestCache, build_model
-from docthink.models.base import (
-    ChatRequest,
-    ChatResult,
-    ImagePart,
-    Message,
-    PageRef,
-    RequestFailure,
-    TextPart,
-)
+from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.tasks import ShortAnswer
-from docthink.models.teacher import NOT_ANSWERABLE
 from docthink.progress import progress
 from docthink.synth import extractive_questions as ex
-from docthink.synth.choice import uniform
 from docthink.synth.contexts import Context, ContextSource, build_context
 from docthink.synth.embed import PageIndex, page_words
 from docthink.synth.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap
@@ -64,7 +57,6 @@ from docthink.synth.question_writers import (
     sample_spec,
 )
 from docthink.synth.rows import Dropped
-from docthink.synth.sampling import rng
 
 Kind = Literal["single", "multi", "unanswerable"]
 

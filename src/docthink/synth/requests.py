@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from docthink.models.base import ChatRequest, ImagePart, Message, TextPart
+from docthink.core.parts import ImagePart, TextPart
+from docthink.models.base import ChatRequest, Message
 from docthink.models.tasks import PageEvidence as EvidenceOutput
 from docthink.synth.prompts import prompt
 

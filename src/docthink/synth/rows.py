@@ -5,10 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from docthink.models.base import PageRef
+from docthink.core.parts import PageRef
 
 Branch = Literal["vision", "text"]
-Placement = Literal["system", "prefix", "suffix", "none"]
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,16 +25,15 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
+from docthink.core.parts import PageRef
+from docthink.core.seeded import rng, uniform, weighted_choice
 from docthink.corpus import Corpus
 from docthink.corpus.files import sharded
-from docthink.models.base import PageRef
-from docthink.synth.choice import uniform, weighted_choice
 from docthink.synth.embed import PageIndex, page_words
 from docthink.synth.export import SFTExample, plain_example, write_export
 from docthink.synth.negatives import HardNegatives, build_index
 from docthink.synth.question_recipe import RetrievalTask, TasksRecipe
 from docthink.synth.rows import Dropped
-from docthink.synth.sampling import rng
 from docthink.synth.text_layout import flat, page_layout, printed_page_numbers
 
 TASKS = ("unshuffle", "missing_page", "key_retrieval", "position_retrieval", "counting")

@@ -4,15 +4,9 @@ Needs the `train` extra (torch, transformers, trl, datasets, accelerate, peft, t
 
 from docthink.train.data import ExportError, TrainRow, mix, read_export
 from docthink.train.recipe import TrainRecipe, resolve
-from docthink.train.tokens import (
-    CONTROL_TOKENS,
-    TemplateError,
-    add_control_tokens,
-    check_cot_system,
-)
+from docthink.train.tokens import TemplateError, add_control_tokens, check_cot_system
 
 __all__ = [
-    "CONTROL_TOKENS",
     "ExportError",
     "TemplateError",
     "TrainRecipe",

@@ -17,13 +17,11 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from docthink.errors import UserError
-from docthink.synth.choice import uniform
-from docthink.synth.export import COT
-from docthink.synth.rows import Placement
+from docthink.core.errors import UserError
+from docthink.core.seeded import uniform
+from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, Placement
 from docthink.train.recipe import MixtureSettings
 
-THINK_OPEN, THINK_CLOSE = "<think>", "</think>"
 EXPORT_FILE = "train.parquet"
 
 Part = dict[str, str]  # {"type": "text", "text": ...} or {"type": "image"}

@@ -11,8 +11,8 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from docthink.core.vocab import Placement
 from docthink.recipe import Recipe
-from docthink.synth.rows import Placement
 
 PLACEMENTS: tuple[Placement, ...] = ("system", "prefix", "suffix", "none")
 

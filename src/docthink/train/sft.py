@@ -25,7 +25,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from docthink.errors import OutputExists
+from docthink.core.errors import OutputExists
 from docthink.train.data import (
     MixReport,
     PageCollator,

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from docthink.synth.export import COT
-from docthink.train.data import THINK_CLOSE, THINK_OPEN, TrainRow, open_page, without_token
+from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN
+from docthink.train.data import TrainRow, open_page, without_token
 
 
 @dataclass(frozen=True)

@@ -11,10 +11,9 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from docthink.errors import UserError
-from docthink.synth.export import COT
+from docthink.core.errors import UserError
+from docthink.core.vocab import CONTROL_TOKENS, COT
 
-CONTROL_TOKENS = (COT, "<think>", "</think>")
 _PROBE = "\x00probe\x00"
 
 
