@@ -28,8 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from docthink.corpus import Corpus, ingest
-from docthink.synth.embed import EmbeddingSettings, HashedTfidfEmbedder, MiniLMEmbedder, PageIndex
-from docthink.synth.negatives import (
+from docthink.questions.embed import (
+    EmbeddingSettings,
+    HashedTfidfEmbedder,
+    MiniLMEmbedder,
+    PageIndex,
+)
+from docthink.questions.negatives import (
     HardNegatives,
     brute_force_negatives,
     rank_negatives,

@@ -25,9 +25,9 @@ from collections.abc import Iterable, Sequence
 from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.corpus import RenderPolicy
 from docthink.models.base import ChatRequest
+from docthink.questions.rows import Question
 from docthink.synth import requests as rq
 from docthink.synth.pipeline import evidence_order
-from docthink.synth.rows import Question
 
 BLOCK = 16
 LETTER_PT = (612.0, 792.0)

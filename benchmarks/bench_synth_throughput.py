@@ -39,13 +39,13 @@ from pathlib import Path
 
 import orjson
 import psutil
+from _servers import free_port, start_servers
 
 from docthink.cli import run_synth
 from docthink.corpus import Corpus, ingest
 from docthink.corpus.samples import write_sample_pdfs
-from docthink.recipe import SynthRecipe
 from docthink.synth import pipeline
-from _servers import free_port, start_servers
+from docthink.synth.recipe import SynthRecipe
 
 GOAL = 500.0  # evidence requests/s on 2 cores
 

@@ -53,7 +53,7 @@ def build_example(root: Path, pages: int, size: tuple[int, int]) -> Path:
     import numpy as np
     from PIL import Image
 
-    from docthink.synth.export import trace_example, write_export
+    from docthink.export import trace_example, write_export
 
     store = root / "store"
     store.mkdir(parents=True)

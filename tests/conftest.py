@@ -63,3 +63,16 @@ def _hermetic_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[None
 @pytest.fixture(autouse=True)
 def _isolated_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCTHINK_REGISTRY", str(tmp_path / "registry.sqlite"))
+
+
+@pytest.fixture(scope="session")
+def sample_corpus(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(corpus folder, questions.jsonl) over 4 generated PDFs with planted facts."""
+    from tests.helpers import docthink
+
+    root = tmp_path_factory.mktemp("sample")
+    registry = root / "registry.sqlite"
+    docthink("samples", root / "sample", "--docs", "4", "--seed", "3")
+    docthink("ingest", root / "sample" / "pdfs", "--out", root / "corpus",
+             "--runs-dir", root / "runs", "--registry", registry)
+    return root / "corpus", root / "sample" / "questions.jsonl"

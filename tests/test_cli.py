@@ -15,8 +15,8 @@ from typer.testing import CliRunner
 import docthink
 from docthink.cli import app
 from docthink.evals import EvalRecipe
-from docthink.recipe import SynthRecipe
-from docthink.synth.question_recipe import QuestionsRecipe, TasksRecipe
+from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
+from docthink.synth.recipe import SynthRecipe
 from docthink.train import TrainRecipe
 
 

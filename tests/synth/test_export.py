@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from docthink.core.seeded import weighted_choice
-from docthink.synth.export import plain_example, trace_example, write_export
+from docthink.export import plain_example, trace_example, write_export
 
 IMAGES = [("a" * 64, ".png"), ("b" * 64, ".png"), ("c" * 64, ".png")]
 

@@ -8,8 +8,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from docthink.synth.questions import mmlongbench_rows
-from tests.synth.conftest import docthink
+from docthink.questions.rows import mmlongbench_rows
+from tests.helpers import docthink
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench"
 DOCS = ("2310.07609v1.pdf", "a5879805d70c854ea4361e43a84e3bb2.pdf",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 
 from docthink.runs import Registry
-from tests.synth.conftest import docthink
+from tests.helpers import docthink
 
 
 def synth(corpus: Path, questions: Path, out: Path, *extra: str) -> None:

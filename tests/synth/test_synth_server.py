@@ -24,15 +24,15 @@ import pytest
 
 from docthink.core.parts import ImagePart, PageRef
 from docthink.corpus import Corpus, RenderPolicy
+from docthink.synth import PROMPTS
 from docthink.synth import requests as rq
-from docthink.synth.prompts import prompt
-from tests.synth.conftest import docthink
+from tests.helpers import docthink
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 from openai_server import Action, Error, OpenAIServer, Received, Reply
 
 STAGES = {"evidence": "evidence-vl", "answer_vision": "answer-vl", "answer_text": "answer-llm"}
-SOURCE_NOTE = prompt("evidence_source_note").text
+SOURCE_NOTE = PROMPTS["evidence_source_note"].text
 
 
 @dataclass(frozen=True)
@@ -218,7 +218,7 @@ def test_exact_requests_of_every_stage(
     # one request per (question, context page), nothing else, nothing twice
     pairs = Counter((s.question, s.page) for s in evidence)
     assert pairs == Counter((q.text, r) for q in questions.values() for r in q.context)
-    system = prompt("evidence_system").text
+    system = PROMPTS["evidence_system"].text
     for s in evidence:
         q = questions[s.question]
         first, user = s.body["messages"]
@@ -268,7 +268,7 @@ def test_exact_requests_of_every_stage(
         else:  # the answer_text system prompt, the trace, the question
             assert s.body["model"] == STAGES["answer_text"]
             assert s.body["messages"] == [
-                {"role": "system", "content": prompt("answer_text_system").text},
+                {"role": "system", "content": PROMPTS["answer_text_system"].text},
                 {"role": "user", "content": [{"type": "text", "text": trace_text(q, top)},
                                              {"type": "text", "text": q.text}]},
             ]

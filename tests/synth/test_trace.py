@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from docthink.core.parts import PageRef
-from docthink.synth.rows import Dropped, PageEvidence, Trace
+from docthink.questions.rows import Dropped
+from docthink.synth.rows import PageEvidence, Trace
 from docthink.synth.trace import build_trace, floored_score
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from docthink.synth.export import SFTExample, plain_example, trace_example, write_export
+from docthink.export import SFTExample, plain_example, trace_example, write_export
 
 PLACEMENTS = ("system", "prefix", "suffix", "none")
 

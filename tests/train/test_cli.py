@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 
 from docthink.cli import app
 from docthink.runs import Registry
-from tests.evals.helpers import docthink
+from tests.helpers import docthink
 from tests.train.conftest import without_control_tokens
 
 FAST = ("--lr", "1e-3", "--max-steps", "3")

@@ -22,7 +22,8 @@ from docthink.testing import build_tiny_vlm
 from docthink.train.data import mix, read_export
 from docthink.train.recipe import MixtureSettings
 from docthink.train.switch import SwitchReport, measure_switch
-from tests.evals.helpers import docthink, read_jsonl
+from tests.evals.helpers import read_jsonl
+from tests.helpers import docthink
 
 FULL = os.environ.get("DOCTHINK_SLOW") == "full"
 # `docthink samples --seed 5 --docs 10`: six of the ten documents have 5 to 11 pages

@@ -27,32 +27,29 @@ from docthink.cli.common import (
 from docthink.corpus import Corpus
 from docthink.corpus import ingest as run_ingest
 from docthink.corpus.files import sharded
+from docthink.corpus.recipe import IngestRecipe
 from docthink.corpus.samples import write_sample_pdfs
+from docthink.export import ExportRecipe, write_export
 from docthink.models import CachedModel, ChatModel, RequestCache, build_model
-from docthink.recipe import (
-    ExportRecipe,
-    IngestRecipe,
-    SynthRecipe,
-    commented_yaml,
-    load_recipe,
-)
+from docthink.questions import PROMPTS as QUESTION_PROMPTS
+from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
+from docthink.recipe import commented_yaml, load_recipe
 from docthink.runs import (
     mark_output,
     parent_runs,
     recipe_hash,
     start_run,
 )
+from docthink.synth import PROMPTS as SYNTH_PROMPTS
 from docthink.synth.card import write_card
-from docthink.synth.export import write_export
 from docthink.synth.pipeline import (
-    StageModels,
+    SynthModels,
     SynthResult,
     read_examples,
     synthesize,
     write_tables,
 )
-from docthink.synth.prompts import prompt_hashes
-from docthink.synth.question_recipe import QuestionsRecipe, TasksRecipe
+from docthink.synth.recipe import SynthRecipe
 
 
 class ExportFormatOpt(enum.StrEnum):
@@ -117,7 +114,7 @@ def samples(
          "(the questions name documents by their path in that folder)")
 
 
-def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> StageModels:
+def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> SynthModels:
     """One inner model per distinct spec (shared across stages), each stage behind its own cache
     wrapper so usage is accounted per stage."""
     inner: dict[str, ChatModel] = {}
@@ -128,7 +125,7 @@ def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> S
         if key not in inner:
             inner[key] = build_model(spec, pages=corpus)
         stages[stage] = CachedModel(inner[key], cache)
-    return StageModels(**stages)
+    return SynthModels(**stages)
 
 
 async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
@@ -154,7 +151,7 @@ def run_synth(recipe: SynthRecipe, runs_dir: Path, registry: Path | None) -> Pat
         card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
         counts = result.counts()
         run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
-        run.summary.update({"counts": counts, "usage": usage, "prompts": prompt_hashes()})
+        run.summary.update({"counts": counts, "usage": usage, "prompts": SYNTH_PROMPTS.hashes()})
         run.add_output(recipe.out / "examples.jsonl")
         run.add_output(recipe.out / "evidence.parquet")
         mark_output(recipe.out, run.id, "synth")
@@ -252,8 +249,8 @@ def demo(
 
 
 def run_questions(recipe: QuestionsRecipe, runs_dir: Path, registry: Path | None) -> Path:
-    from docthink.synth.questions_card import write_questions_card
-    from docthink.synth.questions_gen import run_question_stages, write_questions
+    from docthink.questions.card import write_questions_card
+    from docthink.questions.generate import run_question_stages, write_questions
 
     recipe.out.mkdir(parents=True, exist_ok=True)
     (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
@@ -268,7 +265,7 @@ def run_questions(recipe: QuestionsRecipe, runs_dir: Path, registry: Path | None
         counts = result.counts()
         run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
         run.summary.update({"counts": counts, "usage": usage, "writer": result.writer,
-                            "judge": result.judge, "prompts": prompt_hashes()})
+                            "judge": result.judge, "prompts": QUESTION_PROMPTS.hashes()})
         run.add_output(path)
         mark_output(recipe.out, run.id, "questions")
     gap = result.gap.as_dict()
@@ -300,8 +297,8 @@ def questions(
 
 
 def run_tasks(recipe: TasksRecipe, runs_dir: Path, registry: Path | None) -> Path:
-    from docthink.synth.questions_card import write_tasks_card
-    from docthink.synth.tasks_free import build_tasks, task_examples, write_tasks
+    from docthink.questions.card import write_tasks_card
+    from docthink.questions.tasks import build_tasks, task_examples, write_tasks
 
     recipe.out.mkdir(parents=True, exist_ok=True)
     (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")

@@ -19,7 +19,8 @@ from docthink.cli.common import (
 )
 from docthink.core.errors import UserError, needs_extra
 from docthink.merge import merge_checkpoints
-from docthink.recipe import MergeRecipe, load_recipe
+from docthink.merge.recipe import MergeRecipe
+from docthink.recipe import load_recipe
 from docthink.runs import (
     mark_output,
     parent_runs,

@@ -215,7 +215,7 @@ def _render_one_by_one(corpus: Corpus, pages: dict[str, list[tuple[PageRef, Rend
 def answer_request(question: str, mode: Mode, images: Sequence[ImagePart],
                    settings: InferenceSettings) -> ChatRequest:
     """The page images (each after its `Page N:` line when set) and the question; in cot mode
-    the `<cot>` token where training put it (see `docthink.synth.export`)."""
+    the `<cot>` token where training put it (see `docthink.export`)."""
     cot = mode == "cot"
     if cot and settings.cot_placement == "prefix":
         question = f"{COT} {question}"

@@ -262,7 +262,7 @@ def _response_format(schema: type[BaseModel]) -> dict[str, object]:
     return {
         "type": "json_schema",
         "json_schema": {
-            "name": schema.__name__,
+            "name": schema.model_json_schema()["title"],
             "schema": schema.model_json_schema(),
             "strict": True,
         },

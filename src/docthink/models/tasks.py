@@ -11,12 +11,16 @@ class _Output(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class PageEvidence(_Output):
+class EvidenceReply(_Output):
     """The evidence stage: one page and a question in, what the page contributes out.
 
     Evidence quotes the page's relevant values and describes its relevant tables, charts and
     figures, without giving the answer or mentioning the page number. An irrelevant page gets one
     sentence and a score of 0."""
+
+    # The schema's title (and its name in the request) is part of every evidence request and of
+    # its cache key: it keeps the name the schema first went out with.
+    model_config = ConfigDict(extra="forbid", frozen=True, title="PageEvidence")
 
     evidence: str = Field(
         description="what this page shows that bears on the question: quoted values and "

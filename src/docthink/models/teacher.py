@@ -9,7 +9,7 @@ Text is cut into units: lines of a page, with wrapped prose lines re-joined and 
 (tables stay one row per unit). Terms are lowercased, lightly stemmed words and numbers minus
 stopwords and question boilerplate.
 
-Evidence (`response_model=PageEvidence`), for question terms Q with weights w(t) = idf(t):
+Evidence (`response_model=EvidenceReply`), for question terms Q with weights w(t) = idf(t):
 - idf is the BM25 idf over the pages of the page's document,
   idf(t) = ln(1 + (N - df(t) + 0.5) / (df(t) + 0.5)), N = pages with text, so a term printed on
   every page (a company name in the header) weighs almost nothing. It depends on the document only,
@@ -66,7 +66,7 @@ from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.models.base import ChatRequest, ChatResult, RequestFailed, Usage, UsageMeter
 from docthink.models.specs import TeacherSpec
-from docthink.models.tasks import PageEvidence, ShortAnswer
+from docthink.models.tasks import EvidenceReply, ShortAnswer
 
 NO_EVIDENCE = "This page does not address the question."
 NO_TEXT_LAYER = "This page has no text layer, so the offline teacher cannot read it."
@@ -417,7 +417,7 @@ class ExtractiveTeacher:
     async def complete(self, request: ChatRequest) -> ChatResult:
         started = time.perf_counter()
         try:
-            if request.response_model is PageEvidence:
+            if request.response_model is EvidenceReply:
                 parsed, read = await self._evidence(request)
                 text: str = parsed.model_dump_json()
             elif request.response_model in (None, ShortAnswer):
@@ -488,7 +488,7 @@ class ExtractiveTeacher:
 
     # -- evidence
 
-    async def _evidence(self, request: ChatRequest) -> tuple[PageEvidence, int]:
+    async def _evidence(self, request: ChatRequest) -> tuple[EvidenceReply, int]:
         images = [p for m in request.messages for p in m.content if isinstance(p, ImagePart)]
         if len(images) != 1:
             raise RequestFailed(
@@ -500,7 +500,7 @@ class ExtractiveTeacher:
         read = self._prompt_tokens(request, [page_text])
         units = split_units(page_text)
         if not units:
-            return PageEvidence(evidence=NO_TEXT_LAYER, relevance_score=0.0), read
+            return EvidenceReply(evidence=NO_TEXT_LAYER, relevance_score=0.0), read
 
         question = request.question()
         stats = self._doc_stats(ref.doc_id)
@@ -520,9 +520,9 @@ class ExtractiveTeacher:
             ]
         chosen = self._quoted(units, unit_scores, request.max_tokens)
         if strength <= 0.0 or not chosen:
-            return PageEvidence(evidence=NO_EVIDENCE, relevance_score=0.0), read
+            return EvidenceReply(evidence=NO_EVIDENCE, relevance_score=0.0), read
         evidence = "\n".join(f'"{units[i].text}"' for i in chosen)
-        return PageEvidence(evidence=evidence, relevance_score=round(10.0 * strength, 2)), read
+        return EvidenceReply(evidence=evidence, relevance_score=round(10.0 * strength, 2)), read
 
     @staticmethod
     def _quoted(units: Sequence[Unit], scores: Sequence[float], max_tokens: int) -> list[int]:

@@ -194,7 +194,7 @@ def _read_answers(path: Path) -> list[Doc]:
 
 
 def _read_questions(path: Path) -> list[Doc]:
-    from docthink.synth.questions import read_question_rows
+    from docthink.questions.rows import read_question_rows
 
     docs = []
     for row in read_question_rows(path):

@@ -18,25 +18,27 @@ from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
 from docthink.corpus import Corpus
 from docthink.engine.local import run_requests
+from docthink.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.models.base import ChatModel, ChatResult, RequestFailure
-from docthink.models.tasks import PageEvidence as EvidenceOutput
+from docthink.models.tasks import EvidenceReply
 from docthink.progress import progress
-from docthink.recipe import SynthRecipe
-from docthink.synth import requests as rq
-from docthink.synth.export import ImageKey, SFTExample, plain_example, trace_example
-from docthink.synth.prompts import prompt
-from docthink.synth.questions import (
+from docthink.questions.rows import (
+    Dropped,
+    Question,
     QuestionsError,
     check_documents,
     read_question_rows,
     resolve,
 )
-from docthink.synth.rows import Answer, Branch, Dropped, PageEvidence, Question, Trace
+from docthink.synth import PROMPTS
+from docthink.synth import requests as rq
+from docthink.synth.recipe import SynthRecipe
+from docthink.synth.rows import Answer, Branch, PageEvidence, Trace
 from docthink.synth.trace import build_trace, floored_score
 
 
 @dataclass(frozen=True)
-class StageModels:
+class SynthModels:
     evidence: ChatModel
     answer_vision: ChatModel
     answer_text: ChatModel
@@ -104,7 +106,7 @@ async def collect_evidence(
         for question, ref in pairs
     ]
     outcomes = await run_requests(model, requests, concurrency=recipe.concurrency, on_done=advance)
-    prompt_hash = prompt("evidence_system").sha256[:16]
+    prompt_hash = PROMPTS["evidence_system"].sha256[:16]
     rows = []
     for (question, ref), outcome in zip(pairs, outcomes, strict=True):
         is_source = ref in question.source
@@ -116,7 +118,7 @@ async def collect_evidence(
                 )
             )
             continue
-        parsed = cast(EvidenceOutput, outcome.parsed)  # validated against this schema
+        parsed = cast(EvidenceReply, outcome.parsed)  # validated against this schema
         score = floored_score(parsed.relevance_score, is_source, settings.source_floor)
         rows.append(
             PageEvidence(
@@ -149,7 +151,7 @@ async def answer_questions(
     items: Sequence[tuple[Question, Trace]],
     images: dict[PageRef, ImagePart],
     recipe: SynthRecipe,
-    models: StageModels,
+    models: SynthModels,
     advance: Callable[[int], None],
 ) -> list[Answer]:
     settings = recipe.answer
@@ -231,7 +233,7 @@ def plain_examples(
 async def synthesize(
     recipe: SynthRecipe,
     corpus: Corpus,
-    models: StageModels,
+    models: SynthModels,
     log: logging.Logger,
     show_progress: bool,
 ) -> SynthResult:

@@ -8,8 +8,8 @@ from collections.abc import Sequence
 
 from docthink.core.parts import ImagePart, TextPart
 from docthink.models.base import ChatRequest, Message
-from docthink.models.tasks import PageEvidence as EvidenceOutput
-from docthink.synth.prompts import prompt
+from docthink.models.tasks import EvidenceReply
+from docthink.synth import PROMPTS
 
 
 def evidence_request(
@@ -17,14 +17,14 @@ def evidence_request(
 ) -> ChatRequest:
     parts: list[TextPart | ImagePart] = [image]
     if is_source:
-        parts.append(TextPart(prompt("evidence_source_note").text))
+        parts.append(TextPart(PROMPTS["evidence_source_note"].text))
     parts.append(TextPart(question))
     return ChatRequest(
         messages=(
-            Message.text("system", prompt("evidence_system").text),
+            Message.text("system", PROMPTS["evidence_system"].text),
             Message("user", tuple(parts)),
         ),
-        response_model=EvidenceOutput,
+        response_model=EvidenceReply,
         temperature=temperature,
         max_tokens=max_tokens,
         purpose="evidence",
@@ -49,7 +49,7 @@ def text_answer_request(
     """The sorted evidence and the question, under a system prompt saying how it was gathered."""
     return ChatRequest(
         messages=(
-            Message.text("system", prompt("answer_text_system").text),
+            Message.text("system", PROMPTS["answer_text_system"].text),
             Message("user", (TextPart(trace), TextPart(question))),
         ),
         temperature=temperature,

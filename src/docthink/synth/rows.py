@@ -1,4 +1,4 @@
-"""Typed rows that flow between the synthetic-data stages."""
+"""Typed rows that flow between the trace stages (their input rows are `questions.rows`)."""
 
 from __future__ import annotations
 
@@ -8,20 +8,6 @@ from typing import Literal
 from docthink.core.parts import PageRef
 
 Branch = Literal["vision", "text"]
-
-
-@dataclass(frozen=True, slots=True)
-class Question:
-    qid: str
-    doc_id: str
-    text: str
-    source: tuple[PageRef, ...]  # the pages the question was written from
-    context: tuple[PageRef, ...]  # the long page list the student sees; contains `source`
-    answer: str | None = None  # a reference answer, when the input has one (kept, never trained on)
-
-    def position(self, page: PageRef) -> int:
-        """1-based position of `page` in the context: the `i` of `Page {i}:`."""
-        return self.context.index(page) + 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,10 +40,3 @@ class Answer:
     prompt_tokens: int
     completion_tokens: int
     failure: str | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Dropped:
-    qid: str
-    stage: str
-    reason: str

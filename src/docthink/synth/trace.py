@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from docthink.synth.rows import Dropped, PageEvidence, Trace
+from docthink.questions.rows import Dropped
+from docthink.synth.rows import PageEvidence, Trace
 
 
 def floored_score(score: float, is_source: bool, floor: float) -> float:

@@ -20,8 +20,8 @@ import numpy as np
 from docthink.core.errors import UserError
 from docthink.core.seeded import np_rng
 from docthink.corpus import Corpus
-from docthink.synth.embed import EmbeddingSettings, PageIndex
-from docthink.synth.question_recipe import Decontamination
+from docthink.questions.embed import EmbeddingSettings, PageIndex
+from docthink.questions.recipe import Decontamination
 
 
 @dataclass

@@ -15,7 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from pydantic import Field
+
 from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, Placement
+from docthink.recipe import Recipe
 from docthink.synth.rows import Branch
 
 ImageKey = tuple[str, str]  # (sha256, file suffix): the image's name in an export
@@ -202,3 +205,9 @@ def write_export(
         }
         (out / "dataset_info.json").write_text(json.dumps(info, indent=2) + "\n")
     return {"examples": len(examples), "images": n_images}
+
+
+class ExportRecipe(Recipe):
+    run_dir: Path = Field(description="output folder of `docthink synth`")
+    format: Literal["trl", "llamafactory"] = Field(description="trainer format")
+    out: Path = Field(description="export folder")

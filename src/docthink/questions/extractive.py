@@ -24,7 +24,7 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal
 
-from docthink.synth.text_layout import lines, page_layout
+from docthink.questions.layout import lines, page_layout
 
 NUMERIC, ENTITY, TABLE = "numeric fact", "named entity", "table or chart reading"
 EXTRACTIVE_VERSION = 1  # in every question's `generator`: bump when a question can change

@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 from docthink.core.parts import PageRef
 from docthink.core.seeded import rng, weighted_choice
-from docthink.synth.embed import PageIndex
-from docthink.synth.negatives import HardNegatives
-from docthink.synth.question_recipe import ContextComponent, ContextSettings
+from docthink.questions.embed import PageIndex
+from docthink.questions.negatives import HardNegatives
+from docthink.questions.recipe import ContextComponent, ContextSettings
 
 
 @dataclass(frozen=True, slots=True)

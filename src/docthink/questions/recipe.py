@@ -11,8 +11,8 @@ from pydantic import Field, field_validator, model_validator
 
 from docthink.corpus import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
+from docthink.questions.embed import EmbeddingSettings
 from docthink.recipe import Recipe
-from docthink.synth.embed import EmbeddingSettings
 
 Weights = dict[str, float]
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import json
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -14,7 +15,29 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from docthink.core.errors import UserError
 from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
-from docthink.synth.rows import Dropped, Question
+
+
+@dataclass(frozen=True, slots=True)
+class Question:
+    qid: str
+    doc_id: str
+    text: str
+    source: tuple[PageRef, ...]  # the pages the question was written from
+    context: tuple[PageRef, ...]  # the long page list the student sees; contains `source`
+    answer: str | None = None  # a reference answer, when the input has one (kept, never trained on)
+
+    def position(self, page: PageRef) -> int:
+        """1-based position of `page` in the context: the `i` of `Page {i}:`."""
+        return self.context.index(page) + 1
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """A question left out at a stage, and why (counted in the data card)."""
+
+    qid: str
+    stage: str
+    reason: str
 
 
 class QuestionsError(UserError, ValueError):

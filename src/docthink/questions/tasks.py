@@ -29,12 +29,12 @@ from docthink.core.parts import PageRef
 from docthink.core.seeded import rng, uniform, weighted_choice
 from docthink.corpus import Corpus
 from docthink.corpus.files import sharded
-from docthink.synth.embed import PageIndex, page_words
-from docthink.synth.export import SFTExample, plain_example, write_export
-from docthink.synth.negatives import HardNegatives, build_index
-from docthink.synth.question_recipe import RetrievalTask, TasksRecipe
-from docthink.synth.rows import Dropped
-from docthink.synth.text_layout import flat, page_layout, printed_page_numbers
+from docthink.export import SFTExample, plain_example, write_export
+from docthink.questions.embed import PageIndex, page_words
+from docthink.questions.layout import flat, page_layout, printed_page_numbers
+from docthink.questions.negatives import HardNegatives, build_index
+from docthink.questions.recipe import RetrievalTask, TasksRecipe
+from docthink.questions.rows import Dropped
 
 TASKS = ("unshuffle", "missing_page", "key_retrieval", "position_retrieval", "counting")
 KEY_WORDS = (6, 40)  # words of a key sentence

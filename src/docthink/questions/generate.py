@@ -42,13 +42,14 @@ from docthink.models import CachedModel, ChatModel, RequestCache, build_model
 from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.tasks import ShortAnswer
 from docthink.progress import progress
-from docthink.synth import extractive_questions as ex
-from docthink.synth.contexts import Context, ContextSource, build_context
-from docthink.synth.embed import PageIndex, page_words
-from docthink.synth.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap
-from docthink.synth.prompts import prompt
-from docthink.synth.question_recipe import QuestionsRecipe
-from docthink.synth.question_writers import (
+from docthink.questions import PROMPTS
+from docthink.questions import extractive as ex
+from docthink.questions.contexts import Context, ContextSource, build_context
+from docthink.questions.embed import PageIndex, page_words
+from docthink.questions.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap
+from docthink.questions.recipe import QuestionsRecipe
+from docthink.questions.rows import Dropped
+from docthink.questions.writers import (
     Draft,
     ExtractiveWriter,
     ModelWriter,
@@ -56,7 +57,6 @@ from docthink.synth.question_writers import (
     Writer,
     sample_spec,
 )
-from docthink.synth.rows import Dropped
 
 Kind = Literal["single", "multi", "unanswerable"]
 
@@ -114,7 +114,7 @@ class Judgement:
 def judge_request(image: ImagePart, question: str, max_tokens: int) -> ChatRequest:
     return ChatRequest(
         messages=(
-            Message.text("system", prompt("questions_judge_system").text),
+            Message.text("system", PROMPTS["judge_system"].text),
             Message("user", (image, TextPart(question))),
         ),
         response_model=ShortAnswer,

@@ -17,9 +17,9 @@ from docthink.core.seeded import rng, weighted_choice
 from docthink.corpus import Corpus
 from docthink.engine.local import run_requests
 from docthink.models.base import ChatModel, ChatRequest, Message, RequestFailure
-from docthink.synth import extractive_questions as ex
-from docthink.synth.prompts import prompt
-from docthink.synth.question_recipe import QuestionSpecWeights
+from docthink.questions import PROMPTS
+from docthink.questions import extractive as ex
+from docthink.questions.recipe import QuestionSpecWeights
 
 # -- what models return -------------------------------------------------------------------------
 
@@ -189,7 +189,7 @@ class ModelWriter:
     def single_request(self, ref: PageRef, spec: Spec) -> ChatRequest:
         return ChatRequest(
             messages=(
-                Message.text("system", prompt("questions_single_system").text),
+                Message.text("system", PROMPTS["single_system"].text),
                 Message("user", (self.images[ref], TextPart(spec.text()))),
             ),
             response_model=PageQuestions,
@@ -205,7 +205,7 @@ class ModelWriter:
         parts.append(TextPart(spec.text()))
         return ChatRequest(
             messages=(
-                Message.text("system", prompt("questions_multi_system").text),
+                Message.text("system", PROMPTS["multi_system"].text),
                 Message("user", tuple(parts)),
             ),
             response_model=SeedQuestions,

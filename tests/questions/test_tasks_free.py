@@ -15,8 +15,8 @@ import pytest
 
 from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
-from docthink.synth.text_layout import flat, page_layout, printed_page_numbers, sentences
-from tests.synth.conftest import docthink
+from docthink.questions.layout import flat, page_layout, printed_page_numbers, sentences
+from tests.helpers import docthink
 
 RECIPE = {
     "embedding": {"model": "tfidf"},

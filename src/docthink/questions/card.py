@@ -8,10 +8,10 @@ from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 
-from docthink.synth.card import bar_chart, count_table, usage_table
-from docthink.synth.question_recipe import ContextSettings
-from docthink.synth.questions_gen import QuestionsResult
-from docthink.synth.tasks_free import TasksResult
+from docthink.cards import bar_chart, count_table, usage_table
+from docthink.questions.generate import QuestionsResult
+from docthink.questions.recipe import ContextSettings
+from docthink.questions.tasks import TasksResult
 
 BINS = 8
 

@@ -17,9 +17,9 @@ import pytest
 
 from docthink.core.parts import PageRef
 from docthink.corpus import Corpus, RenderPolicy
-from docthink.synth.question_recipe import QuestionSpecWeights
-from docthink.synth.question_writers import sample_spec
-from tests.synth.conftest import docthink
+from docthink.questions.recipe import QuestionSpecWeights
+from docthink.questions.writers import sample_spec
+from tests.helpers import docthink
 
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
 from openai_server import Action, Error, OpenAIServer, Reply

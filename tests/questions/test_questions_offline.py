@@ -16,11 +16,11 @@ from typer.testing import CliRunner
 from docthink.cli import app
 from docthink.core.parts import PageRef
 from docthink.corpus import Corpus
+from docthink.questions.layout import flat
+from docthink.questions.recipe import ContextSettings, QuestionSpecWeights
+from docthink.questions.rows import read_question_rows, resolve
 from docthink.synth import embed
-from docthink.synth.question_recipe import ContextSettings, QuestionSpecWeights
-from docthink.synth.questions import read_question_rows, resolve
-from docthink.synth.text_layout import flat
-from tests.synth.conftest import docthink
+from tests.helpers import docthink
 
 INDEX_FILES = ("vectors.npy", "pages.jsonl", "negatives.npy", "negative_scores.npy", "index.json")
 COMPONENTS = ContextSettings().components()

@@ -13,16 +13,16 @@ import pytest
 
 from docthink.core.errors import UserError
 from docthink.corpus import Corpus, ingest
-from docthink.synth.contexts import ContextSource, build_context
-from docthink.synth.embed import EmbeddingSettings, PageIndex
-from docthink.synth.negatives import (
+from docthink.questions.card import context_section
+from docthink.questions.contexts import ContextSource, build_context
+from docthink.questions.embed import EmbeddingSettings, PageIndex
+from docthink.questions.negatives import (
     brute_force_negatives,
     excluded_doc_ids,
     rank_negatives,
     similarity_gap,
 )
-from docthink.synth.question_recipe import ContextSettings
-from docthink.synth.questions_card import context_section
+from docthink.questions.recipe import ContextSettings
 
 DOCUMENTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench" / "documents"
 # Four short documents of different kinds (two papers, a brochure, a report) for the MiniLM check
