@@ -27,13 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from docthink.corpus import Corpus, ingest
-from docthink.questions.embed import (
-    EmbeddingSettings,
-    HashedTfidfEmbedder,
-    MiniLMEmbedder,
-    PageIndex,
-)
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
+from docthink.questions.embed import HashedTfidfEmbedder, MiniLMEmbedder, PageIndex
+from docthink.questions.recipe import EmbeddingSettings
 from docthink.questions.negatives import (
     HardNegatives,
     brute_force_negatives,

@@ -70,7 +70,7 @@ def run_child(argv: list[str]) -> tuple[float, float]:
 def commands(base: Path, tuned: Path, out: Path, mergekit: str | None) -> dict[str, list[str]]:
     weights = [p for d in (base, tuned) for p in sorted(d.glob("model*.safetensors"))]
     copy = "import shutil,sys\nfor i,p in enumerate(sys.argv[2:]): shutil.copyfile(p, f'{sys.argv[1]}/{i}')"
-    merge = ("import sys; from docthink.merge import merge_checkpoints as m; a=[float(x) for x in sys.argv[3].split(',')];"
+    merge = ("import sys; from docthink.merge.core import merge_checkpoints as m; a=[float(x) for x in sys.argv[3].split(',')];"
              "m(sys.argv[1], sys.argv[2], a, [f'{sys.argv[4]}/{x}' for x in a])")  # fmt: skip
     cmds = {
         "copy": [sys.executable, "-c", copy, str(out), *map(str, weights)],

@@ -23,7 +23,7 @@ from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 
 from docthink.core.parts import ImagePart, PageRef, TextPart
-from docthink.corpus import RenderPolicy
+from docthink.corpus.policy import RenderPolicy
 from docthink.models.base import ChatRequest
 from docthink.questions.rows import Question
 from docthink.synth import requests as rq

@@ -24,10 +24,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, RenderPolicy, ingest
-from docthink.corpus.corpus import RenderTask, render_task
+from docthink.corpus.corpus import Corpus, RenderTask, render_task
 from docthink.corpus.files import Layout
 from docthink.corpus.images import RenderIndex
+from docthink.corpus.ingest import ingest
+from docthink.corpus.policy import RenderPolicy
 
 DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "shared/data/mmlongbench/documents"
 DPI = 144

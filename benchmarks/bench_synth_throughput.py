@@ -42,7 +42,8 @@ import psutil
 from _servers import free_port, start_servers
 
 from docthink.cli import run_synth
-from docthink.corpus import Corpus, ingest
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
 from docthink.corpus.samples import write_sample_pdfs
 from docthink.synth import pipeline
 from docthink.synth.recipe import SynthRecipe

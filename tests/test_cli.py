@@ -14,10 +14,10 @@ from typer.testing import CliRunner
 
 import docthink
 from docthink.cli import app
-from docthink.evals import EvalRecipe
+from docthink.evals.recipe import EvalRecipe
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.synth.recipe import SynthRecipe
-from docthink.train import TrainRecipe
+from docthink.train.recipe import TrainRecipe
 
 
 @pytest.mark.parametrize(

@@ -14,8 +14,7 @@ from pathlib import Path
 import pytest
 
 import docthink
-from docthink.corpus import ingest
-from docthink.corpus.samples import write_sample_pdfs
+from docthink.corpus.ingest import ingest
 from docthink.runs import Registry
 
 # The import path of the docthink under test, for the subprocesses.

@@ -18,7 +18,9 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from docthink.merge import CheckpointError, MergeError, merge_checkpoints
+from docthink.merge.core import merge_checkpoints
+from docthink.merge.plan import MergeError
+from docthink.merge.safetensors_io import CheckpointError
 from tests.merge_models import (
     ADDED,
     VOCAB,
@@ -332,7 +334,7 @@ def test_existing_output_is_kept_unless_overwrite(tmp_path: Path) -> None:
 KILL_SCRIPT = """
 import sys
 from pathlib import Path
-from docthink.merge import merge_checkpoints
+from docthink.merge.core import merge_checkpoints
 root = Path(sys.argv[1])
 merge_checkpoints(root / "base", root / "tuned", [0.25, 0.5, 0.75], [root / "o1", root / "o2", root / "o3"],
                   chunk_bytes=2**18)

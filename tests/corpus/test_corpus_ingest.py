@@ -16,8 +16,10 @@ from pathlib import Path
 import pytest
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, CorpusError, RenderPolicy, ingest
-from docthink.corpus.ingest import FAULT_ENV
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.files import CorpusError
+from docthink.corpus.ingest import FAULT_ENV, ingest
+from docthink.corpus.policy import RenderPolicy
 from docthink.corpus.samples import write_sample_pdfs
 from docthink.runs import Registry
 from tests.corpus.corpus_pdfs import (

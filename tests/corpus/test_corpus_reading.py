@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, RenderPolicy, ingest
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
+from docthink.corpus.policy import RenderPolicy
 from tests.corpus.corpus_pdfs import write_encrypted, write_pdf, write_rotated, write_sized_pdf
 
 LETTER_LANDSCAPE = (792.0, 612.0)

@@ -10,7 +10,9 @@ import pytest
 from PIL import Image
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, RenderPolicy, ingest
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
+from docthink.corpus.policy import RenderPolicy
 
 DOCUMENTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench" / "documents"
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, ingest
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
 from docthink.corpus.samples import write_sample_pdfs
 
 

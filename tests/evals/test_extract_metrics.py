@@ -16,7 +16,7 @@ from docthink.evals.extract import (
 )
 from docthink.evals.metrics import Scored, bootstrap_ci, compute, f1_parts
 from docthink.evals.report import build_report, render_markdown, run_metrics
-from docthink.models import ChatResult, RequestFailure, Usage
+from docthink.models.base import ChatResult, RequestFailure, Usage
 
 # -- rule-based extraction --------------------------------------------------------------------------
 

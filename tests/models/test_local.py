@@ -20,9 +20,10 @@ from PIL import Image
 from pydantic import TypeAdapter
 
 from docthink.core.parts import ImagePart, TextPart
-from docthink.models import ModelSpec, build_model
 from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed
+from docthink.models.build import build_model
 from docthink.models.local import LocalModel, LocalModelSpec
+from docthink.models.specs import ModelSpec
 from docthink.models.tasks import ShortAnswer
 from docthink.testing import build_tiny_vlm
 

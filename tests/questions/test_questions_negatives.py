@@ -12,17 +12,18 @@ import numpy as np
 import pytest
 
 from docthink.core.errors import UserError
-from docthink.corpus import Corpus, ingest
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.ingest import ingest
 from docthink.questions.card import context_section
 from docthink.questions.contexts import ContextSource, build_context
-from docthink.questions.embed import EmbeddingSettings, PageIndex
+from docthink.questions.embed import PageIndex
 from docthink.questions.negatives import (
     brute_force_negatives,
     excluded_doc_ids,
     rank_negatives,
     similarity_gap,
 )
-from docthink.questions.recipe import ContextSettings
+from docthink.questions.recipe import ContextSettings, EmbeddingSettings
 
 DOCUMENTS = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench" / "documents"
 # Four short documents of different kinds (two papers, a brochure, a report) for the MiniLM check

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from docthink.cli import app
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.questions.layout import flat
 from docthink.questions.recipe import ContextSettings, QuestionSpecWeights
 from docthink.questions.rows import read_question_rows, resolve

@@ -16,7 +16,8 @@ from typing import Any
 import pytest
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus, RenderPolicy
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.policy import RenderPolicy
 from docthink.questions.recipe import QuestionSpecWeights
 from docthink.questions.writers import sample_spec
 from tests.helpers import docthink

@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.questions.layout import flat, page_layout, printed_page_numbers, sentences
 from tests.helpers import docthink
 

@@ -254,7 +254,7 @@ def record(registry: Registry, runs: list[RunSpec]) -> None:
     """Through the registry's own API, as the commands do (one transaction per call)."""
     for run in runs:
         registry.start(run_id=run.id, kind=run.kind, started_at=run.started_at,
-                       command=run.command, run_dir=f"/runs/{run.id}", recipe=run.recipe,
+                       command=run.command, cwd="/work", run_dir=f"/runs/{run.id}", recipe=run.recipe,
                        recipe_hash=_sha(json.dumps(run.recipe, sort_keys=True)),
                        git_commit="0" * 40, git_dirty=False, packages={"docthink": "0.1.0"},
                        host="node-1", parents=run.parents)

@@ -23,7 +23,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from docthink.core.parts import ImagePart, PageRef
-from docthink.corpus import Corpus, RenderPolicy
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.policy import RenderPolicy
 from docthink.synth import PROMPTS
 from docthink.synth import requests as rq
 from tests.helpers import docthink

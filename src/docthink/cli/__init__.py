@@ -4,9 +4,8 @@ and records the run; the work lives in the packages below."""
 # Imported for their commands, in the order `docthink --help` lists them.
 from docthink.cli import data, training, evals, registry  # noqa: F401, I001
 from docthink.cli.common import app
-from docthink.cli.data import run_synth
 
-__all__ = ["app", "main", "run_synth"]
+__all__ = ["app", "main"]
 
 
 def main() -> None:

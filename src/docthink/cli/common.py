@@ -4,7 +4,6 @@ error ends."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, TypeVar
 
@@ -17,16 +16,12 @@ from typer.core import TyperGroup
 
 from docthink import __version__
 from docthink.core.errors import UserError
-from docthink.recipe import (
-    commented_yaml,
-    load_recipe,
-)
-from docthink.runs import (
-    Registry,
-    default_registry_path,
-)
+from docthink.recipe import Recipe, commented_yaml, load_recipe
+from docthink.runs import Registry, default_registry_path
+from docthink.stages import Outcome, Stage, run_stage
 
 R = TypeVar("R", bound=BaseModel)
+S = TypeVar("S", bound=Recipe)
 
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -100,9 +95,14 @@ def _say(message: str) -> None:
     console.print(message, markup=False, highlight=False, soft_wrap=True)
 
 
-def _tally(counts: Mapping[str, int]) -> str:
-    """Counts as people write them, largest first: "18 single, 4 multi, 1 unanswerable"."""
-    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+def _run(stage: Stage[S], recipe: S, runs_dir: Path, registry: Path | None) -> Outcome:
+    """Run a stage as a recorded run and print what it says, the run id on its first line."""
+    run_id, outcome = run_stage(stage, recipe, runs_dir=runs_dir, registry=registry)
+    for i, line in enumerate(outcome.lines):
+        _say(f"{line}  [run {run_id}]" if i == 0 else line)
+    if outcome.stdout:
+        typer.echo(outcome.stdout)
+    return outcome
 
 
 def _print_recipe(

@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
 import enum
 import json
-import logging
-import sys
-from collections import Counter
 from pathlib import Path
 from typing import Annotated
 
@@ -20,35 +16,15 @@ from docthink.cli.common import (
     RunsDir,
     SeedOpt,
     _print_recipe,
+    _run,
     _say,
-    _tally,
     app,
 )
-from docthink.corpus import Corpus
-from docthink.corpus import ingest as run_ingest
-from docthink.corpus.files import sharded
 from docthink.corpus.recipe import IngestRecipe
-from docthink.corpus.samples import write_sample_pdfs
-from docthink.export import ExportRecipe, write_export
-from docthink.models import CachedModel, ChatModel, RequestCache, build_model
-from docthink.questions import PROMPTS as QUESTION_PROMPTS
+from docthink.export import ExportRecipe
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
-from docthink.recipe import commented_yaml, load_recipe
-from docthink.runs import (
-    mark_output,
-    parent_runs,
-    recipe_hash,
-    start_run,
-)
-from docthink.synth import PROMPTS as SYNTH_PROMPTS
-from docthink.synth.card import write_card
-from docthink.synth.pipeline import (
-    SynthModels,
-    SynthResult,
-    read_examples,
-    synthesize,
-    write_tables,
-)
+from docthink.recipe import load_recipe
+from docthink.stages import STAGES
 from docthink.synth.recipe import SynthRecipe
 
 
@@ -58,8 +34,10 @@ class ExportFormatOpt(enum.StrEnum):
 
 @app.command()
 def ingest(
-    pdf_dir: Annotated[Path, typer.Argument(help="folder of PDFs (searched recursively)")],
-    out: Annotated[Path, typer.Option("--out", help="corpus folder")],
+    pdf_dir: Annotated[
+        Path | None, typer.Argument(help="folder of PDFs (searched recursively)")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="corpus folder")] = None,
     workers: Annotated[int | None, typer.Option(help="worker processes [default: 2]")] = None,
     render: Annotated[
         bool, typer.Option("--render", help="also render every page at the recipe's policy now")
@@ -72,28 +50,7 @@ def ingest(
     overrides: dict[str, object] = {"pdf_dir": pdf_dir, "out": out, "workers": workers}
     if render:
         overrides["prerender"] = {}
-    resolved = load_recipe(IngestRecipe, recipe, overrides)
-    with start_run("ingest", resolved, command=sys.argv, runs_dir=runs_dir,
-                   registry_path=registry) as run:
-        summary = run_ingest(resolved.pdf_dir, resolved.out, render=resolved.prerender,
-                             workers=resolved.workers, progress=True)
-        run.metrics.update({k: v for k, v in summary.as_dict().items() if k != "rejections"})
-        run.summary["rejections"] = summary.rejections
-        run.add_output(resolved.out / "manifest.jsonl")
-        mark_output(resolved.out, run.id, "ingest")
-    _say(
-        f"corpus {resolved.out}: {summary.ok} documents ok ({summary.pages} pages),"
-        f" {_rejected(summary.rejected)};"
-        f" {summary.processed} processed, {summary.skipped_unchanged} unchanged"
-        f" in {summary.seconds:.1f} s  [run {run.id}]"
-    )
-    for doc_id, reason in sorted(summary.rejections.items()):
-        _say(f"  rejected {doc_id}: {reason}")
-
-
-def _rejected(by_reason: dict[str, int]) -> str:
-    total = sum(by_reason.values())
-    return f"{total} rejected" + (f" ({_tally(by_reason)})" if total else "")
+    _run(STAGES["ingest"], load_recipe(IngestRecipe, recipe, overrides), runs_dir, registry)
 
 
 @app.command()
@@ -103,6 +60,8 @@ def samples(
     seed: int = 0,
 ) -> None:
     """Sample PDFs with planted facts, and questions about them (known answers, source pages)."""
+    from docthink.corpus.samples import write_sample_pdfs
+
     paths, facts = write_sample_pdfs(out / "pdfs", docs, seed)
     with (out / "questions.jsonl").open("w", encoding="utf-8") as f:
         for i, fact in enumerate(facts):
@@ -112,57 +71,6 @@ def samples(
     _say(f"{len(paths)} PDFs in {out / 'pdfs'}, {len(facts)} questions in "
          f"{out / 'questions.jsonl'}; next: docthink ingest {out / 'pdfs'} --out CORPUS "
          "(the questions name documents by their path in that folder)")
-
-
-def _stage_models(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache) -> SynthModels:
-    """One inner model per distinct spec (shared across stages), each stage behind its own cache
-    wrapper so usage is accounted per stage."""
-    inner: dict[str, ChatModel] = {}
-    stages = {}
-    for stage in ("evidence", "answer_vision", "answer_text"):
-        spec = getattr(recipe.models, stage)
-        key = spec.model_dump_json()
-        if key not in inner:
-            inner[key] = build_model(spec, pages=corpus)
-        stages[stage] = CachedModel(inner[key], cache)
-    return SynthModels(**stages)
-
-
-async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
-                      log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
-    models = _stage_models(recipe, corpus, cache)
-    try:
-        result = await synthesize(recipe, corpus, models, log, show_progress=True)
-    finally:
-        for inner in {id(m.inner): m.inner for m in vars(models).values()}.values():
-            await inner.aclose()
-    return result, {stage: m.usage.as_dict() for stage, m in vars(models).items()}
-
-
-def run_synth(recipe: SynthRecipe, runs_dir: Path, registry: Path | None) -> Path:
-    recipe.out.mkdir(parents=True, exist_ok=True)
-    (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
-    parents = parent_runs(recipe.corpus) + parent_runs(recipe.questions.parent)
-    with start_run("synth", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
-                   parents=parents, inputs=[recipe.questions]) as run, \
-            Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
-        write_tables(result, recipe.out)
-        card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
-        counts = result.counts()
-        run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
-        run.summary.update({"counts": counts, "usage": usage, "prompts": SYNTH_PROMPTS.hashes()})
-        run.add_output(recipe.out / "examples.jsonl")
-        run.add_output(recipe.out / "evidence.parquet")
-        mark_output(recipe.out, run.id, "synth")
-    stages = Counter(d.stage for d in result.dropped)
-    dropped = f"{len(result.dropped)} dropped" + (
-        f" ({_tally(stages)}; why: see the data card)" if stages else "")
-    _say(
-        f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
-        f"{counts['examples']} examples; {dropped}; data card {card}  [run {run.id}]"
-    )
-    return recipe.out
 
 
 @app.command()
@@ -182,8 +90,7 @@ def synth(
         placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
         _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE)
         return
-    resolved = load_recipe(SynthRecipe, recipe, overrides)
-    run_synth(resolved, runs_dir, registry)
+    _run(STAGES["synth"], load_recipe(SynthRecipe, recipe, overrides), runs_dir, registry)
 
 
 SYNTH_RECIPE_NOTE = """\
@@ -197,26 +104,20 @@ SYNTH_RECIPE_NOTE = """\
 
 @app.command("export")
 def export_cmd(
-    run_dir: Annotated[Path, typer.Argument(help="output folder of `docthink synth`")],
-    fmt: Annotated[ExportFormatOpt, typer.Option("--format", help="trainer format")],
-    out: Annotated[Path, typer.Option("--out", help="export folder")],
+    run_dir: Annotated[
+        Path | None, typer.Argument(help="output folder of `docthink synth`")
+    ] = None,
+    fmt: Annotated[
+        ExportFormatOpt | None, typer.Option("--format", help="trainer format")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="export folder")] = None,
+    recipe: RecipeOpt = None,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """SFT examples -> TRL (Parquet, messages + images) or LLaMA-Factory (JSONL, <image>)."""
-    examples = read_examples(run_dir)
-    synth_recipe = load_recipe(SynthRecipe, run_dir / "recipe.yaml", {})
-    recipe = ExportRecipe(run_dir=run_dir, format=fmt.value, out=out)
-    with start_run("export", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
-                   parents=parent_runs(run_dir), inputs=[run_dir / "examples.jsonl"]) as run:
-        images = Corpus.open(synth_recipe.corpus).layout.images
-        counts = write_export(examples, recipe.format,
-                              lambda key: sharded(images, key[0], key[1]), out)
-        run.metrics.update(counts)
-        run.add_output(out / ("train.parquet" if recipe.format == "trl" else "train.jsonl"))
-        mark_output(out, run.id, "export")
-    _say(f"export {out}: {counts['examples']} examples, {counts['images']} images "
-                  f"({recipe.format})  [run {run.id}]")
+    overrides = {"run_dir": run_dir, "format": fmt.value if fmt else None, "out": out}
+    _run(STAGES["export"], load_recipe(ExportRecipe, recipe, overrides), runs_dir, registry)
 
 
 @app.command()
@@ -248,34 +149,6 @@ def demo(
                    registry=registry)
 
 
-def run_questions(recipe: QuestionsRecipe, runs_dir: Path, registry: Path | None) -> Path:
-    from docthink.questions.card import write_questions_card
-    from docthink.questions.generate import run_question_stages, write_questions
-
-    recipe.out.mkdir(parents=True, exist_ok=True)
-    (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
-    with start_run("questions", recipe, command=sys.argv, runs_dir=runs_dir,
-                   registry_path=registry, parents=parent_runs(recipe.corpus),
-                   inputs=recipe.decontamination.exclude_files) as run, \
-            Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
-        path = write_questions(result, recipe.out)
-        card = write_questions_card(result, recipe.contexts, recipe.out,
-                                    recipe_hash=recipe_hash(recipe), usage=usage)
-        counts = result.counts()
-        run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
-        run.summary.update({"counts": counts, "usage": usage, "writer": result.writer,
-                            "judge": result.judge, "prompts": QUESTION_PROMPTS.hashes()})
-        run.add_output(path)
-        mark_output(recipe.out, run.id, "questions")
-    gap = result.gap.as_dict()
-    _say(f"questions {path}: {counts['questions']} questions ({_tally(counts['by_kind'])}) by "
-         f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
-         f"{_tally(counts['by_context'])}; hard-negative gap {gap['gap']}; data card {card}"
-         f"  [run {run.id}]")
-    return path
-
-
 @app.command()
 def questions(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
@@ -292,35 +165,7 @@ def questions(
     if print_recipe:
         _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
-    resolved = load_recipe(QuestionsRecipe, recipe, overrides)
-    run_questions(resolved, runs_dir, registry)
-
-
-def run_tasks(recipe: TasksRecipe, runs_dir: Path, registry: Path | None) -> Path:
-    from docthink.questions.card import write_tasks_card
-    from docthink.questions.tasks import build_tasks, task_examples, write_tasks
-
-    recipe.out.mkdir(parents=True, exist_ok=True)
-    (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
-    with start_run("tasks", recipe, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
-                   parents=parent_runs(recipe.corpus),
-                   inputs=recipe.decontamination.exclude_files) as run, \
-            Corpus.open(recipe.corpus) as corpus:
-        result, _ = build_tasks(recipe, corpus, run.log)
-        examples = task_examples(result, recipe, corpus, show_progress=True)
-        exports = write_tasks(result, examples, recipe, corpus)
-        card = write_tasks_card(result, recipe.out, recipe_hash=recipe_hash(recipe),
-                                exports=exports)
-        counts = result.counts()
-        run.metrics.update({k: v for k, v in counts.items() if not isinstance(v, dict)})
-        run.summary.update({"counts": counts, "exports": exports})
-        run.add_output(recipe.out / "tasks.jsonl")
-        run.add_output(recipe.out / "examples.jsonl")
-        mark_output(recipe.out, run.id, "tasks")
-    _say(f"tasks {recipe.out}: {counts['tasks']} tasks ({_tally(counts['by_task'])}); "
-         f"{counts['pages_with_printed_page_numbers']} pages print their page number; "
-         f"exports {', '.join(sorted(exports))}; data card {card}  [run {run.id}]")
-    return recipe.out
+    _run(STAGES["questions"], load_recipe(QuestionsRecipe, recipe, overrides), runs_dir, registry)
 
 
 @app.command()
@@ -339,6 +184,5 @@ def tasks(
     if print_recipe:
         _print_recipe(TasksRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return
-    resolved = load_recipe(TasksRecipe, recipe, overrides)
-    run_tasks(resolved, runs_dir, registry)
+    _run(STAGES["tasks"], load_recipe(TasksRecipe, recipe, overrides), runs_dir, registry)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Annotated
 
@@ -10,13 +9,15 @@ import typer
 
 from docthink.cli.common import (
     PrintRecipe,
+    RecipeOpt,
     RegistryOpt,
     RunsDir,
     _print_recipe,
-    _say,
+    _run,
     app,
 )
 from docthink.recipe import load_recipe
+from docthink.stages import STAGES
 
 eval_app = typer.Typer(
     no_args_is_help=True,
@@ -56,9 +57,7 @@ def eval_run(
     registry: RegistryOpt = None,
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
-    from docthink.evals import EvalRecipe, run_eval
-    from docthink.evals.recipe import eval_overrides
-    from docthink.evals.report import questions_summary
+    from docthink.evals.recipe import EvalRecipe, eval_overrides
 
     overrides = eval_overrides(
         data=data, documents=documents, corpus=corpus, out=out, benchmark=benchmark, seed=seed,
@@ -71,41 +70,28 @@ def eval_run(
         placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
         _print_recipe(EvalRecipe, recipe, overrides, placeholders)
         return
-    resolved = load_recipe(EvalRecipe, recipe, overrides)
-    run_id, result = run_eval(resolved, runs_dir=runs_dir, registry_path=registry)
-    report = result.report
-    questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
-    _say(f"eval {resolved.out}: {questions_summary(questions)}  [run {run_id}]")
-    for mode, m in report["modes"].items():  # type: ignore[union-attr]
-        tokens = "-" if m["mean_output_tokens"] is None else f"{m['mean_output_tokens']:.1f}"
-        _say(f"  {mode}: acc {m['acc']:.4f} f1 {m['f1']:.4f} ({m['n']} questions, "
-             f"{m['failures']} failed, mean output tokens {tokens})")
-    _say(f"  report {result.report_files[0]}; predictions {result.predictions}")
+    _run(STAGES["eval"], load_recipe(EvalRecipe, recipe, overrides), runs_dir, registry)
 
 
 @eval_app.command("rescore")
 def eval_rescore(
-    predictions: Annotated[Path, typer.Argument(help="JSONL rows {index, pred, mode?, failure?}")],
-    data: Annotated[Path, typer.Option(help="the benchmark file (samples.json, Parquet, TSV)")],
+    predictions: Annotated[
+        Path | None, typer.Argument(help="JSONL rows {index, pred, mode?, failure?}")
+    ] = None,
+    data: Annotated[
+        Path | None, typer.Option(help="the benchmark file (samples.json, Parquet, TSV)")
+    ] = None,
     out: Annotated[Path | None, typer.Option("--out", help="report JSON (+ .md, .png beside); "
                                              "default: print the JSON")] = None,
-    benchmark: str = "mmlongbench-doc",
-    seed: int = 0,
+    benchmark: Annotated[str | None, typer.Option(help="name [default: mmlongbench-doc]")] = None,
+    seed: Annotated[int | None, typer.Option(help="seed of the bootstrap [default: 0]")] = None,
+    recipe: RecipeOpt = None,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Score extracted predictions against the data with no model at all."""
-    from docthink.evals import RescoreRecipe
-    from docthink.evals.report import questions_summary
-    from docthink.evals.runner import run_rescore
+    from docthink.evals.recipe import RescoreRecipe
 
-    resolved = load_recipe(RescoreRecipe, None, {"predictions": predictions, "data": data,
-                                                 "out": out, "benchmark": benchmark, "seed": seed})
-    run_id, report = run_rescore(resolved, runs_dir=runs_dir, registry_path=registry)
-    if out is None:
-        typer.echo(json.dumps(report, indent=2))
-    else:
-        questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
-        _say(f"rescore {out}: acc {report['acc']:.4f} f1 {report['f1']:.4f} "
-             f"({questions_summary(questions)})  [run {run_id}]")
-
+    overrides = {"predictions": predictions, "data": data, "out": out, "benchmark": benchmark,
+                 "seed": seed}
+    _run(STAGES["eval-rescore"], load_recipe(RescoreRecipe, recipe, overrides), runs_dir, registry)

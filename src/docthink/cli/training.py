@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -14,29 +13,28 @@ from docthink.cli.common import (
     RegistryOpt,
     RunsDir,
     _print_recipe,
-    _say,
+    _run,
     app,
 )
 from docthink.core.errors import UserError, needs_extra
-from docthink.merge import merge_checkpoints
 from docthink.merge.recipe import MergeRecipe
 from docthink.recipe import load_recipe
-from docthink.runs import (
-    mark_output,
-    parent_runs,
-    start_run,
-)
+from docthink.stages import STAGES
 
 
 @app.command()
 def merge(
-    base: Annotated[Path, typer.Option(help="starting checkpoint (safetensors)")],
-    tuned: Annotated[Path, typer.Option(help="fine-tuned checkpoint or PEFT LoRA adapter")],
-    alpha: Annotated[str, typer.Option(help="strength(s), comma-separated: 0.25 or 0.25,0.5,1.0")],
+    base: Annotated[Path | None, typer.Option(help="starting checkpoint (safetensors)")] = None,
+    tuned: Annotated[
+        Path | None, typer.Option(help="fine-tuned checkpoint or PEFT LoRA adapter")
+    ] = None,
+    alpha: Annotated[
+        str | None, typer.Option(help="strength(s), comma-separated: 0.25 or 0.25,0.5,1.0")
+    ] = None,
     out: Annotated[
-        list[Path],
+        list[Path] | None,
         typer.Option(help="output folder per alpha, or one containing {alpha}"),
-    ],
+    ] = None,
     shard_size: Annotated[int | None, typer.Option(help="bytes per output shard")] = None,
     chunk_bytes: Annotated[int | None, typer.Option(help="buffer budget (memory)")] = None,
     overwrite: Annotated[bool, typer.Option(help="replace existing output folders")] = False,
@@ -48,40 +46,22 @@ def merge(
     registry: RegistryOpt = None,
 ) -> None:
     """Task arithmetic, streamed: base + alpha * (tuned - base), several alphas in one pass."""
-    try:
-        alphas = [float(a) for a in alpha.split(",")]
-    except ValueError:
-        raise UserError(f"--alpha: expected numbers separated by commas, got {alpha!r}") from None
+    alphas = _alphas(alpha) if alpha is not None else None
     outs = out
-    if len(out) == 1 and "{alpha}" in str(out[0]):
+    if alphas is not None and out is not None and len(out) == 1 and "{alpha}" in str(out[0]):
         outs = [Path(str(out[0]).replace("{alpha}", f"{a:g}")) for a in alphas]
+    # the two flags only turn their setting on; so may a recipe
     overrides = {"base": base, "tuned": tuned, "alphas": alphas, "outs": outs,
                  "shard_size": shard_size, "chunk_bytes": chunk_bytes,
-                 "extrapolate": extrapolate or None}  # the flag only turns it on; so may a recipe
-    resolved = load_recipe(MergeRecipe, recipe, overrides)
-    parents = parent_runs(resolved.base) + parent_runs(resolved.tuned)
-    with start_run("merge", resolved, command=sys.argv, runs_dir=runs_dir,
-                   registry_path=registry, parents=parents) as run:
-        report = merge_checkpoints(
-            resolved.base, resolved.tuned, resolved.alphas, resolved.outs,
-            shard_size=resolved.shard_size, chunk_bytes=resolved.chunk_bytes,
-            progress=True, overwrite=overwrite,
-        )
-        run.add_hashed_folder("input", resolved.base, report.base_files)
-        run.add_hashed_folder("input", resolved.tuned, report.tuned_files)
-        for output in report.outputs:
-            run.add_hashed_folder("output", output.path, output.files)
-            mark_output(output.path, run.id, "merge")
-        run.metrics.update({"alphas": resolved.alphas, "tensors": report.n_tensors,
-                            "seconds": round(report.seconds, 2)})
-        run.summary["vocab_growth"] = [str(g) for g in report.vocab_growth]
-    for output in report.outputs:
-        _say(f"merged alpha={output.alpha:g} -> {output.path}")
-    for growth in report.vocab_growth:
-        _say(f"  vocabulary grew: {growth}")
-    _say(f"{report.n_tensors} tensors in {report.seconds:.1f} s  [run {run.id}]")
+                 "extrapolate": extrapolate or None, "overwrite": overwrite or None}
+    _run(STAGES["merge"], load_recipe(MergeRecipe, recipe, overrides), runs_dir, registry)
 
 
+def _alphas(text: str) -> list[float]:
+    try:
+        return [float(a) for a in text.split(",")]
+    except ValueError:
+        raise UserError(f"--alpha: expected numbers separated by commas, got {text!r}") from None
 
 
 @app.command()
@@ -103,8 +83,7 @@ def train(
     registry: RegistryOpt = None,
 ) -> None:
     """SFT on an export with TRL: control tokens, loss on the answer, optional merge after."""
-    from docthink.core.vocab import CONTROL_TOKENS
-    from docthink.train import TrainRecipe, resolve
+    from docthink.train.recipe import TrainRecipe, resolve
 
     overrides = {"model": model, "data": data, "out": out, "finetune": finetune,
                  "learning_rate": learning_rate, "epochs": epochs, "max_steps": max_steps,
@@ -116,28 +95,13 @@ def train(
     with needs_extra("train", "docthink train"):
         import torch
 
-        from docthink.train.sft import run_training
+        import docthink.train.sft  # noqa: F401  (the stage imports it: fail here, before the run)
     resolved = resolve(load_recipe(TrainRecipe, recipe, overrides), cuda=torch.cuda.is_available())
-    start = Path(resolved.model)
-    parents = parent_runs(resolved.data) + (parent_runs(start) if start.is_dir() else [])
-    with start_run("train", resolved, command=sys.argv, runs_dir=runs_dir, registry_path=registry,
-                   parents=parents, inputs=[resolved.data]) as run:
-        result = run_training(resolved, resolved.out or run.dir, run.log)
-        run.metrics.update(result.metrics)
-        run.summary.update({"mixture": result.mixture, "tokens": result.tokens,
-                            "model_dir": str(result.model_dir.resolve())})
-        run.add_output(result.model_dir)
-        mark_output(result.model_dir, run.id, "train")
-    m = result.metrics
-    _say(f"train {result.model_dir}: {m['steps']} steps on {m['rows_trained']} rows "
-         f"({m['rows_think']} with a trace), loss {m['loss_first']:.3f} -> {m['loss_last']:.3f}, "
-         f"{m['tokens_per_s']} tokens/s; added tokens {', '.join(result.tokens['added']) or 'none'}"
-         f" of {', '.join(CONTROL_TOKENS)}  [run {run.id}]")
+    outcome = _run(STAGES["train"], resolved, runs_dir, registry)
     if merge_alphas is not None:
-        merge(base=_local_checkpoint(resolved.model), tuned=result.model_dir, alpha=merge_alphas,
-              out=[result.model_dir.parent / "merged-{alpha}"], shard_size=None, chunk_bytes=None,
-              overwrite=False, extrapolate=False, recipe=None, runs_dir=runs_dir,
-              registry=registry)
+        trained = outcome.outputs[0].path
+        merge(base=_local_checkpoint(resolved.model), tuned=trained, alpha=merge_alphas,
+              out=[trained.parent / "merged-{alpha}"], runs_dir=runs_dir, registry=registry)
 
 
 def _local_checkpoint(model: str) -> Path:

@@ -36,9 +36,9 @@ from docthink.corpus.files import (
 from docthink.corpus.manifest import ManifestRecord, load_state, reason_kind, write_manifest
 from docthink.corpus.pdf import Rejected, read_pdf
 from docthink.corpus.policy import RenderPolicy
-from docthink.progress import progress
 from docthink.corpus.texts import TextStore
 from docthink.corpus.workers import TaskFailed, WorkerDied, run_isolated
+from docthink.progress import progress
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ from typing import Literal
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
-from docthink.corpus import RenderPolicy
+from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
 from docthink.recipe import Recipe
 

@@ -13,7 +13,6 @@ import asyncio
 import json
 import math
 import os
-import sys
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -24,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from docthink.core.errors import UserError
 from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.vocab import COT
-from docthink.corpus import Corpus, Document, RenderError, RenderPolicy, ingest
+from docthink.corpus.corpus import Corpus, Document, RenderError
+from docthink.corpus.ingest import ingest
+from docthink.corpus.policy import RenderPolicy
 from docthink.engine.local import run_requests
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
@@ -36,20 +37,12 @@ from docthink.evals.extract import (
 )
 from docthink.evals.metrics import Scored
 from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
-from docthink.evals.report import build_report, run_metrics, write_report
+from docthink.evals.report import build_report, write_report
 from docthink.evals.scoring import score
-from docthink.models import (
-    CachedModel,
-    ChatModel,
-    ChatRequest,
-    ChatResult,
-    Message,
-    RequestCache,
-    RequestFailure,
-    build_model,
-)
+from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
+from docthink.models.build import build_model
+from docthink.models.cache import CachedModel, RequestCache
 from docthink.progress import progress
-from docthink.runs import mark_output, parent_runs, start_run
 
 
 @dataclass(frozen=True, slots=True)
@@ -352,36 +345,6 @@ def write_predictions(predictions: Sequence[Prediction], path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _parents(recipe: EvalRecipe) -> list[str]:
-    """The runs that made the corpus and, for a local checkpoint, the model (train or merge)."""
-    parents = parent_runs(recipe.corpus) if recipe.corpus is not None else []
-    if recipe.model.kind == "local":
-        parents += parent_runs(recipe.model.path)
-    return parents
-
-
-def run_eval(recipe: EvalRecipe, *, runs_dir: Path, registry_path: Path | None,
-             show_progress: bool = True) -> tuple[str, EvalResult]:
-    """`evaluate`, recorded as a run (kind `eval`) with its metrics for the leaderboard."""
-    with start_run("eval", recipe, command=sys.argv, runs_dir=runs_dir,
-                   registry_path=registry_path, parents=_parents(recipe),
-                   inputs=[recipe.data]) as run:
-        result = evaluate(recipe, show_progress=show_progress)
-        run.metrics.update(run_metrics(result.report))
-        run.summary.update({
-            "questions": result.report["questions"],
-            "usage": result.usage,
-            "extraction": result.report["extraction"],
-        })
-        corpus = recipe.corpus or recipe.out / "corpus"
-        run.add_input(corpus / "manifest.jsonl")  # the sha256 of every PDF that was read
-        run.add_output(result.predictions)
-        for path in result.report_files:
-            run.add_output(path)
-        mark_output(recipe.out, run.id, "eval")
-    return run.id, result
-
-
 # -- rescoring ------------------------------------------------------------------------------------
 
 
@@ -447,16 +410,3 @@ def rescore(recipe: RescoreRecipe) -> dict[str, object]:
     if recipe.out is not None:
         write_report(report, recipe.out)
     return report
-
-
-def run_rescore(recipe: RescoreRecipe, *, runs_dir: Path,
-                registry_path: Path | None) -> tuple[str, dict[str, object]]:
-    """`rescore`, recorded as a run (kind `eval-rescore`)."""
-    with start_run("eval-rescore", recipe, command=sys.argv, runs_dir=runs_dir,
-                   registry_path=registry_path, inputs=[recipe.predictions, recipe.data]) as run:
-        report = rescore(recipe)
-        run.metrics.update(run_metrics(report))
-        run.summary["questions"] = report["questions"]
-        if recipe.out is not None:
-            run.add_output(recipe.out)
-    return run.id, report

@@ -19,6 +19,7 @@ class MergeRecipe(Recipe):
     extrapolate: bool = Field(
         False, description="allow strengths outside [0, 1] (past the base or past the tuned model)"
     )
+    overwrite: bool = Field(False, description="replace output folders that exist")
 
     @model_validator(mode="after")
     def _one_out_per_alpha(self) -> MergeRecipe:

@@ -23,36 +23,19 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Protocol
 
 import numpy as np
 import orjson
-from pydantic import Field
 
 from docthink.core.errors import MissingExtra
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import atomic_write, sharded
 from docthink.models.teacher import terms
-from docthink.recipe import Recipe
+from docthink.questions.recipe import EmbeddingSettings
 
 EMBED_VERSION = 1  # part of every cache key: bump when a vector can change
-
-
-class EmbeddingSettings(Recipe):
-    model: Literal["minilm", "tfidf"] = Field(
-        "minilm",
-        description="minilm: all-MiniLM-L6-v2 on the text layer (needs the 'embed' extra); "
-        "tfidf: hashed TF-IDF, no dependency",
-    )
-    max_tokens: int = Field(256, ge=16, le=512, description="minilm: word pieces read per page")
-    tfidf_dim: int = Field(1024, ge=64, description="tfidf: hashed buckets")
-    batch_size: int = Field(64, ge=1, description="pages per encoder batch")
-    min_words: int = Field(
-        5, ge=1, description="pages with fewer words have no text embedding (left out of the index)"
-    )
-    negatives: int = Field(288, ge=1, description="ranked hard negatives kept per page")
-    block: int = Field(1024, ge=1, description="query pages per matmul block (bounds memory)")
 
 
 class Embedder(Protocol):

@@ -36,10 +36,11 @@ from typing import Literal, cast
 from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.seeded import rng, uniform
 from docthink.core.vocab import NOT_ANSWERABLE
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
-from docthink.models import CachedModel, ChatModel, RequestCache, build_model
-from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailure
+from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
+from docthink.models.build import build_model
+from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.tasks import ShortAnswer
 from docthink.progress import progress
 from docthink.questions import PROMPTS

@@ -19,9 +19,9 @@ import numpy as np
 
 from docthink.core.errors import UserError
 from docthink.core.seeded import np_rng
-from docthink.corpus import Corpus
-from docthink.questions.embed import EmbeddingSettings, PageIndex
-from docthink.questions.recipe import Decontamination
+from docthink.corpus.corpus import Corpus
+from docthink.questions.embed import PageIndex
+from docthink.questions.recipe import Decontamination, EmbeddingSettings
 
 
 @dataclass

@@ -9,9 +9,8 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from docthink.corpus import RenderPolicy
+from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
-from docthink.questions.embed import EmbeddingSettings
 from docthink.recipe import Recipe
 
 Weights = dict[str, float]
@@ -21,6 +20,23 @@ def _check_weights(value: dict[str, float]) -> dict[str, float]:
     if not value or min(value.values()) < 0 or sum(value.values()) <= 0:
         raise ValueError("weights must be >= 0 with a positive sum")
     return value
+
+
+
+class EmbeddingSettings(Recipe):
+    model: Literal["minilm", "tfidf"] = Field(
+        "minilm",
+        description="minilm: all-MiniLM-L6-v2 on the text layer (needs the 'embed' extra); "
+        "tfidf: hashed TF-IDF, no dependency",
+    )
+    max_tokens: int = Field(256, ge=16, le=512, description="minilm: word pieces read per page")
+    tfidf_dim: int = Field(1024, ge=64, description="tfidf: hashed buckets")
+    batch_size: int = Field(64, ge=1, description="pages per encoder batch")
+    min_words: int = Field(
+        5, ge=1, description="pages with fewer words have no text embedding (left out of the index)"
+    )
+    negatives: int = Field(288, ge=1, description="ranked hard negatives kept per page")
+    block: int = Field(1024, ge=1, description="query pages per matmul block (bounds memory)")
 
 
 class Decontamination(Recipe):

@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from docthink.core.errors import UserError
 from docthink.core.parts import PageRef
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 
 
 @dataclass(frozen=True, slots=True)

@@ -27,7 +27,7 @@ from dataclasses import dataclass, field
 
 from docthink.core.parts import PageRef
 from docthink.core.seeded import rng, uniform, weighted_choice
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import sharded
 from docthink.export import SFTExample, plain_example, write_export
 from docthink.questions.embed import PageIndex, page_words

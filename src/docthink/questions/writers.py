@@ -14,7 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.seeded import rng, weighted_choice
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
 from docthink.models.base import ChatModel, ChatRequest, Message, RequestFailure
 from docthink.questions import PROMPTS

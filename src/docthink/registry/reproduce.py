@@ -2,10 +2,12 @@
 recipe at its recorded commit; with `--run`, run it and compare the new outputs' hashes with the
 recorded ones.
 
-The rerun writes its outputs to a new folder (the recipe's `out` / `outs` are redirected there),
-so the recorded outputs stay as they are. Relative paths in the recipe are resolved against the
-directory the run was started in, which is read back from its recorded artifacts (a relative
-`out: demo/export` and an artifact `/work/demo/export/train.parquet` give `/work`). When the
+Every stage reruns the same way, from the stage table (`docthink.stages.STAGES`): `docthink
+COMMAND --recipe FILE`. The rerun writes its outputs to a new folder (the recipe's `out` / `outs`
+are redirected there), so the recorded outputs stay as they are. Relative paths in the recipe are
+resolved against the directory the run was started in, which the record holds; for runs recorded
+before it did, it is read back from the recorded artifacts (a relative `out: demo/export` and an
+artifact `/work/demo/export/train.parquet` give `/work`), and the plan says so. When the
 recorded commit is not the current checkout's, the rerun uses the source of that commit, checked
 out in a temporary clone that shares the checkout's objects (`git clone --shared`): nothing is
 registered in, or written to, the user's checkout, even if the rerun is killed.
@@ -24,6 +26,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import yaml
 
@@ -48,20 +51,18 @@ def _s(value: object) -> str:
     return str(value)
 
 
-# kind -> the docthink arguments that rerun it from the recipe file and the (redirected) recipe.
-Builder = Callable[[dict[str, object], Path], list[str]]
-COMMANDS: dict[str, Builder] = {
+# Runs recorded before the stage table (their records have no working directory) were made by
+# code whose ingest, export and merge commands did not take a recipe file alone: at their commit
+# they rerun with these arguments.
+Builder = Callable[[dict[str, Any], Path], list[str]]
+LEGACY: dict[str, Builder] = {
     "ingest": lambda r, f: ["ingest", _s(r["pdf_dir"]), "--out", _s(r["out"]), "--recipe", str(f)],
-    "synth": lambda r, f: ["synth", "--recipe", str(f)],
-    # export takes no recipe file: its three fields are its flags
     "export": lambda r, f: ["export", _s(r["run_dir"]), "--format", _s(r["format"]),
                             "--out", _s(r["out"])],
     "merge": lambda r, f: ["merge", "--base", _s(r["base"]), "--tuned", _s(r["tuned"]),
-                           "--alpha", ",".join(f"{a!r}" for a in r["alphas"]),  # type: ignore[attr-defined]
-                           *(x for o in r["outs"] for x in ("--out", _s(o))),  # type: ignore[attr-defined]
+                           "--alpha", ",".join(f"{a!r}" for a in r["alphas"]),
+                           *(x for o in r["outs"] for x in ("--out", _s(o))),
                            "--recipe", str(f)],
-    "train": lambda r, f: ["train", str(f)],
-    "eval": lambda r, f: ["eval", "run", str(f)],
 }
 
 
@@ -77,6 +78,7 @@ class Plan:
     head: str | None  # the current checkout's commit
     repo: Path | None  # the git checkout docthink runs from
     gone: list[str]  # inputs (recorded, or named by the recipe) that no longer exist
+    cwd_inferred: bool  # the record predates recorded working directories
 
     @property
     def same_commit(self) -> bool:
@@ -91,8 +93,9 @@ class Plan:
     def describe(self) -> list[str]:
         r = self.record
         state = {None: "dirty flag unknown", True: "with uncommitted changes", False: "clean"}
+        inferred = " (inferred from its artifact paths)" if self.cwd_inferred else ""
         lines = [(f"# run {r.id} ({r.kind}, {r.status}) at commit {r.git_commit} "
-                 f"({state[r.git_dirty]}), started in {self.cwd}"),
+                 f"({state[r.git_dirty]}), started in {self.cwd}{inferred}"),
                  f"# outputs redirected under {self.target}"]
         if r.git_dirty:
             lines.append("# warning: the run's code had uncommitted changes, which no commit holds")
@@ -176,24 +179,30 @@ def _new_path(path: str, moved: dict[str, str]) -> str | None:
 
 
 def plan(record: RunRecord, target: Path, cwd: Path | None = None) -> Plan:
-    if record.kind not in COMMANDS:
-        raise ReproduceError(f"run {record.id}: no known command reruns a {record.kind!r} run "
-                             f"(known: {', '.join(COMMANDS)})")
+    from docthink.stages import STAGES
+
+    if record.kind not in STAGES:
+        raise ReproduceError(f"run {record.id}: no stage reruns a {record.kind!r} run "
+                             f"(known: {', '.join(STAGES)})")
     if record.git_commit is None:
         raise ReproduceError(f"run {record.id}: no git commit was recorded (it ran outside a "
                              "checkout), so its code cannot be checked out")
-    origin = cwd or started_in(record) or Path.cwd()
+    inferred = cwd is None and record.cwd is None
+    origin = cwd or (Path(record.cwd) if record.cwd is not None else started_in(record)) or \
+        Path.cwd()
     target = target.resolve()
     recipe, moved = _redirect(record.recipe, origin, target)
     outputs = {a.path: new for a in record.outputs() if (new := _new_path(a.path, moved))}
     recipe_file = target / f"recipe-{record.id}.yaml"
+    legacy = LEGACY.get(record.kind) if record.cwd is None else None
+    rerun_args = legacy(recipe, recipe_file) if legacy else STAGES[record.kind].argv(recipe_file)
     # The rerun records into its own registry: code at an older commit may not know this
     # registry's newer schema.
-    argv = [*COMMANDS[record.kind](recipe, recipe_file),
-            "--runs-dir", str(target / "runs"), "--registry", str(target / "registry.sqlite")]
+    argv = [*rerun_args, "--runs-dir", str(target / "runs"),
+            "--registry", str(target / "registry.sqlite")]
     head, _ = code_version()
     return Plan(record, origin, target, recipe_file, recipe, argv, outputs, head, _repo(),
-                _gone_inputs(record, origin))
+                _gone_inputs(record, origin), inferred)
 
 
 def _gone_inputs(record: RunRecord, cwd: Path) -> list[str]:

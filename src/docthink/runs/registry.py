@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Self
+from typing import NamedTuple, Self
 
 from docthink.core.errors import UserError
 from docthink.sqlite import open_wal
@@ -135,6 +135,11 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE search_files ADD COLUMN reason TEXT;  -- NULL: read and indexed
     CREATE INDEX search_files_skipped ON search_files(reason) WHERE reason IS NOT NULL;
     """,
+    # 5: the directory a run was started in (relative recipe paths resolve against it); runs
+    # recorded before keep NULL, and `reproduce` infers it from their artifact paths.
+    """
+    ALTER TABLE runs ADD COLUMN cwd TEXT;
+    """,
 )
 
 
@@ -176,6 +181,7 @@ class RunRecord:
     started_at: str
     ended_at: str | None
     command: list[str]
+    cwd: str | None  # where it was started; None for runs recorded before docthink kept it
     run_dir: str
     recipe: dict[str, object]
     recipe_hash: str
@@ -319,10 +325,28 @@ def _chunks(items: Sequence[str], size: int = 500) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
-_RUN_COLUMNS = (
-    "id, kind, status, started_at, ended_at, command, run_dir, recipe, recipe_hash,"
-    " git_commit, git_dirty, packages, host, metrics, error"
-)
+class _RunRow(NamedTuple):
+    """A row of `runs` as SQLite returns it (JSON columns still text)."""
+
+    id: str
+    kind: str
+    status: str
+    started_at: str
+    ended_at: str | None
+    command: str
+    cwd: str | None
+    run_dir: str
+    recipe: str
+    recipe_hash: str
+    git_commit: str | None
+    git_dirty: int | None
+    packages: str
+    host: str
+    metrics: str
+    error: str | None
+
+
+_RUN_COLUMNS = ", ".join(_RunRow._fields)
 
 
 class Registry:
@@ -375,6 +399,7 @@ class Registry:
         kind: str,
         started_at: str,
         command: list[str],
+        cwd: str,
         run_dir: str,
         recipe: dict[str, object],
         recipe_hash: str,
@@ -386,14 +411,15 @@ class Registry:
     ) -> None:
         with self.write() as db:
             db.execute(
-                "INSERT INTO runs (id, kind, status, started_at, command, run_dir, recipe,"
+                "INSERT INTO runs (id, kind, status, started_at, command, cwd, run_dir, recipe,"
                 " recipe_hash, git_commit, git_dirty, packages, host)"
-                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " VALUES (?, ?, 'running', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     run_id,
                     kind,
                     started_at,
                     json.dumps(command),
+                    cwd,
                     run_dir,
                     json.dumps(recipe, sort_keys=True),
                     recipe_hash,
@@ -486,7 +512,7 @@ class Registry:
     def records(self, ids: Sequence[str]) -> list[RunRecord]:
         """The records of these runs, in this order (ids not in the registry are left out);
         four queries per 500 runs rather than five per run."""
-        rows: dict[str, tuple[object, ...]] = {}
+        rows: dict[str, _RunRow] = {}
         artifacts: dict[str, list[Artifact]] = {}
         parents: dict[str, list[str]] = {}
         notes: dict[str, list[Note]] = {}
@@ -494,7 +520,7 @@ class Registry:
         for chunk in _chunks(list(dict.fromkeys(ids))):
             marks = ", ".join("?" for _ in chunk)
             for row in self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk):
-                rows[row[0]] = row
+                rows[row[0]] = _RunRow._make(row)
             for run_id, *a in self.db.execute(
                 "SELECT run_id, role, path, sha256, size FROM artifacts"
                 f" WHERE run_id IN ({marks}) ORDER BY role, path", chunk
@@ -539,24 +565,25 @@ class Registry:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
 
 
-def _record(row: tuple[object, ...], artifacts: list[Artifact], parents: list[str],
-            notes: list[Note], tags: list[str]) -> RunRecord:
+def _record(row: _RunRow, artifacts: list[Artifact], parents: list[str], notes: list[Note],
+            tags: list[str]) -> RunRecord:
     return RunRecord(
-        id=row[0],  # type: ignore[arg-type]
-        kind=row[1],  # type: ignore[arg-type]
-        status=row[2],  # type: ignore[arg-type]
-        started_at=row[3],  # type: ignore[arg-type]
-        ended_at=row[4],  # type: ignore[arg-type]
-        command=json.loads(row[5]),  # type: ignore[arg-type]
-        run_dir=row[6],  # type: ignore[arg-type]
-        recipe=json.loads(row[7]),  # type: ignore[arg-type]
-        recipe_hash=row[8],  # type: ignore[arg-type]
-        git_commit=row[9],  # type: ignore[arg-type]
-        git_dirty=None if row[10] is None else bool(row[10]),
-        packages=json.loads(row[11]),  # type: ignore[arg-type]
-        host=row[12],  # type: ignore[arg-type]
-        metrics=json.loads(row[13]),  # type: ignore[arg-type]
-        error=row[14],  # type: ignore[arg-type]
+        id=row.id,
+        kind=row.kind,
+        status=row.status,
+        started_at=row.started_at,
+        ended_at=row.ended_at,
+        command=json.loads(row.command),
+        cwd=row.cwd,
+        run_dir=row.run_dir,
+        recipe=json.loads(row.recipe),
+        recipe_hash=row.recipe_hash,
+        git_commit=row.git_commit,
+        git_dirty=None if row.git_dirty is None else bool(row.git_dirty),
+        packages=json.loads(row.packages),
+        host=row.host,
+        metrics=json.loads(row.metrics),
+        error=row.error,
         artifacts=tuple(artifacts),
         parents=tuple(parents),
         notes=tuple(notes),

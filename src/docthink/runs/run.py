@@ -18,7 +18,7 @@ import platform
 import secrets
 import socket
 import subprocess
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -154,25 +154,18 @@ class Run:
     summary: dict[str, object] = field(default_factory=dict)
     _artifacts: list[Artifact] = field(default_factory=list)
 
-    def add_input(self, path: Path) -> None:
-        self._add("input", path)
-
-    def add_output(self, path: Path) -> None:
-        self._add("output", path)
-
-    def add_hashed_folder(self, role: str, folder: Path, known: dict[str, str]) -> None:
-        """A folder some of whose files' sha256 are already known (as a merge computes them while
-        writing): recorded with the digest `tree_digest` gives, re-reading only the other files."""
-        files = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != RUN_MARKER)
-        hashes = {}
-        for file in files:
-            name = file.relative_to(folder).as_posix()
-            hashes[name] = known[name] if name in known else file_sha256(file)
-        size = sum(f.stat().st_size for f in files)
-        self._artifacts.append(Artifact(role, str(folder.resolve()), folder_digest(hashes), size))
-
-    def _add(self, role: str, path: Path) -> None:
-        sha, size = tree_digest(path)
+    def add(self, role: str, path: Path, known: Mapping[str, str] | None = None) -> None:
+        """Record a file or folder as an input or output, with its digest; `known` holds digests of
+        its files already computed (relative path -> sha256), which are not read again."""
+        if path.is_file() or known is None:
+            sha, size = tree_digest(path)
+        else:
+            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RUN_MARKER)
+            hashes = {}
+            for file in files:
+                name = file.relative_to(path).as_posix()
+                hashes[name] = known[name] if name in known else file_sha256(file)
+            sha, size = folder_digest(hashes), sum(f.stat().st_size for f in files)
         self._artifacts.append(Artifact(role, str(path.resolve()), sha, size))
 
     @property
@@ -202,6 +195,7 @@ def start_run(
     recipe: BaseModel,
     *,
     command: list[str],
+    cwd: Path,
     runs_dir: Path | None = None,
     registry_path: Path | None = None,
     parents: Iterable[str] = (),
@@ -220,7 +214,7 @@ def start_run(
     log, handler = _file_logger(run_id, run_dir / "run.log")
     run = Run(id=run_id, kind=kind, dir=run_dir, log=log)
     for path in inputs:
-        run.add_input(path)
+        run.add("input", path)
     commit, dirty = code_version()
     registry = Registry(registry_path or default_registry_path())
     started = _now()
@@ -229,6 +223,7 @@ def start_run(
         kind=kind,
         started_at=started,
         command=command,
+        cwd=str(cwd.resolve()),
         run_dir=str(run_dir.resolve()),
         recipe=resolved,
         recipe_hash=recipe_hash(recipe),

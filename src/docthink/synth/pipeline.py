@@ -16,7 +16,7 @@ from typing import cast
 from docthink.core.errors import UserError
 from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
-from docthink.corpus import Corpus
+from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
 from docthink.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.models.base import ChatModel, ChatResult, RequestFailure
@@ -326,13 +326,17 @@ def _flat(row: dict[str, object]) -> dict[str, object]:
     return row
 
 
-def read_examples(out: Path) -> list[SFTExample]:
-    """The examples of a synth run folder (the --out of `docthink synth`)."""
+def examples_file(out: Path) -> Path:
+    """The examples file of a synth run folder (the --out of `docthink synth`)."""
     path = out / "examples.jsonl"
     if not out.is_dir():
         raise UserError(f"{out}: no such folder (give the --out folder of a `docthink synth` run)")
     if not path.exists():
         raise UserError(f"{out}: no examples.jsonl, so not the --out folder of a finished "
                         "`docthink synth` run")
-    with path.open(encoding="utf-8") as f:
+    return path
+
+
+def read_examples(out: Path) -> list[SFTExample]:
+    with examples_file(out).open(encoding="utf-8") as f:
         return [SFTExample.from_json(json.loads(line)) for line in f]

@@ -1,0 +1,207 @@
+"""The data stages: ingest, questions, tasks, synth, export."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from docthink.corpus.recipe import IngestRecipe
+from docthink.export import ExportRecipe
+from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
+from docthink.recipe import commented_yaml
+from docthink.runs import Run, recipe_hash
+from docthink.stages.base import Outcome, Stage, Written
+from docthink.synth.recipe import SynthRecipe
+
+if TYPE_CHECKING:
+    from docthink.corpus.corpus import Corpus
+    from docthink.models.cache import RequestCache
+    from docthink.synth.pipeline import SynthResult
+
+# Each stage imports what it runs when it runs: the stage table is read by every command, and
+# `docthink search` should not pay for PDF rendering or numpy.
+
+
+def tally(counts: Mapping[str, int]) -> str:
+    """Counts as people write them, largest first: "18 single, 4 multi, 1 unanswerable"."""
+    return ", ".join(f"{n} {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def scalars(counts: Mapping[str, object]) -> dict[str, object]:
+    """The counts that go into a run's metrics: the numbers, not the breakdowns."""
+    return {k: v for k, v in counts.items() if not isinstance(v, dict)}
+
+
+# -- ingest ---------------------------------------------------------------------------------------
+
+
+def _ingest(recipe: IngestRecipe, run: Run) -> Outcome:
+    from docthink.corpus.ingest import ingest
+
+    summary = ingest(recipe.pdf_dir, recipe.out, render=recipe.prerender,
+                     workers=recipe.workers, progress=True)
+    rejected = sum(summary.rejected.values())
+    lines = [f"corpus {recipe.out}: {summary.ok} documents ok ({summary.pages} pages), "
+             f"{rejected} rejected" + (f" ({tally(summary.rejected)})" if rejected else "")
+             + f"; {summary.processed} processed, {summary.skipped_unchanged} unchanged"
+             f" in {summary.seconds:.1f} s"]
+    lines += [f"  rejected {doc_id}: {why}" for doc_id, why in sorted(summary.rejections.items())]
+    return Outcome(lines, [Written(recipe.out / "manifest.jsonl")],
+                   {k: v for k, v in summary.as_dict().items() if k != "rejections"},
+                   {"rejections": summary.rejections}, marks=[recipe.out])
+
+
+INGEST = Stage("ingest", ("ingest",), IngestRecipe, _ingest)
+
+
+# -- questions and tasks --------------------------------------------------------------------------
+
+
+def _write_recipe(recipe: QuestionsRecipe | TasksRecipe | SynthRecipe) -> None:
+    """The resolved recipe, commented, in the output folder (what `export` and people read)."""
+    recipe.out.mkdir(parents=True, exist_ok=True)
+    (recipe.out / "recipe.yaml").write_text(commented_yaml(recipe) + "\n", encoding="utf-8")
+
+
+def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
+    from docthink.corpus.corpus import Corpus
+    from docthink.models.cache import RequestCache
+    from docthink.questions import PROMPTS
+    from docthink.questions.card import write_questions_card
+    from docthink.questions.generate import run_question_stages, write_questions
+
+    _write_recipe(recipe)
+    with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
+        result, usage = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
+    path = write_questions(result, recipe.out)
+    card = write_questions_card(result, recipe.contexts, recipe.out,
+                                recipe_hash=recipe_hash(recipe), usage=usage)
+    counts = result.counts()
+    line = (f"questions {path}: {counts['questions']} questions ({tally(counts['by_kind'])}) by "
+            f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
+            f"{tally(counts['by_context'])}; hard-negative gap {result.gap.as_dict()['gap']}; "
+            f"data card {card}")
+    summary = {"counts": counts, "usage": usage, "writer": result.writer, "judge": result.judge,
+               "prompts": PROMPTS.hashes()}
+    return Outcome([line], [Written(path)], scalars(counts), summary, marks=[recipe.out])
+
+
+QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,
+                  inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus])
+
+
+def _tasks(recipe: TasksRecipe, run: Run) -> Outcome:
+    from docthink.corpus.corpus import Corpus
+    from docthink.questions.card import write_tasks_card
+    from docthink.questions.tasks import build_tasks, task_examples, write_tasks
+
+    _write_recipe(recipe)
+    with Corpus.open(recipe.corpus) as corpus:
+        result, _ = build_tasks(recipe, corpus, run.log)
+        examples = task_examples(result, recipe, corpus, show_progress=True)
+        exports = write_tasks(result, examples, recipe, corpus)
+    card = write_tasks_card(result, recipe.out, recipe_hash=recipe_hash(recipe), exports=exports)
+    counts = result.counts()
+    line = (f"tasks {recipe.out}: {counts['tasks']} tasks ({tally(counts['by_task'])}); "
+            f"{counts['pages_with_printed_page_numbers']} pages print their page number; "
+            f"exports {', '.join(sorted(exports))}; data card {card}")
+    return Outcome([line], [Written(recipe.out / "tasks.jsonl"),
+                            Written(recipe.out / "examples.jsonl")],
+                   scalars(counts), {"counts": counts, "exports": exports}, marks=[recipe.out])
+
+
+TASKS = Stage("tasks", ("tasks",), TasksRecipe, _tasks,
+              inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus])
+
+
+# -- synth ----------------------------------------------------------------------------------------
+
+
+def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
+    from docthink.corpus.corpus import Corpus
+    from docthink.models.cache import RequestCache
+    from docthink.synth import PROMPTS
+    from docthink.synth.card import write_card
+    from docthink.synth.pipeline import write_tables
+
+    _write_recipe(recipe)
+    with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
+        result, usage = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
+    write_tables(result, recipe.out)
+    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
+    counts = result.counts()
+    stages = Counter(d.stage for d in result.dropped)
+    dropped = f"{len(result.dropped)} dropped" + (
+        f" ({tally(stages)}; why: see the data card)" if stages else "")
+    line = (f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
+            f"{counts['examples']} examples; {dropped}; data card {card}")
+    return Outcome([line], [Written(recipe.out / "examples.jsonl"),
+                            Written(recipe.out / "evidence.parquet")],
+                   scalars(counts), {"counts": counts, "usage": usage,
+                                     "prompts": PROMPTS.hashes()}, marks=[recipe.out])
+
+
+async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
+                      log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
+    from docthink.models.base import ChatModel
+    from docthink.models.build import build_model
+    from docthink.models.cache import CachedModel
+    from docthink.synth.pipeline import SynthModels, synthesize
+
+    # One inner model per distinct spec (shared across stages), each stage behind its own cache
+    # wrapper so usage is accounted per stage.
+    inner: dict[str, ChatModel] = {}
+    wrapped = {}
+    for name in ("evidence", "answer_vision", "answer_text"):
+        spec = getattr(recipe.models, name)
+        key = spec.model_dump_json()
+        if key not in inner:
+            inner[key] = build_model(spec, pages=corpus)
+        wrapped[name] = CachedModel(inner[key], cache)
+    models = SynthModels(**wrapped)
+    try:
+        result = await synthesize(recipe, corpus, models, log, show_progress=True)
+    finally:
+        for model in inner.values():
+            await model.aclose()
+    return result, {name: m.usage.as_dict() for name, m in wrapped.items()}
+
+
+SYNTH = Stage("synth", ("synth",), SynthRecipe, _synth, inputs=lambda r: [r.questions],
+              parents=lambda r: [r.corpus, r.questions.parent])
+
+
+# -- export ---------------------------------------------------------------------------------------
+
+
+def _export(recipe: ExportRecipe, run: Run) -> Outcome:
+    from docthink.corpus.corpus import Corpus
+    from docthink.corpus.files import sharded
+    from docthink.export import write_export
+    from docthink.recipe import load_recipe
+    from docthink.synth.pipeline import read_examples
+
+    examples = read_examples(recipe.run_dir)
+    synth = load_recipe(SynthRecipe, recipe.run_dir / "recipe.yaml", {})
+    images = Corpus.open(synth.corpus).layout.images
+    counts = write_export(examples, recipe.format, lambda key: sharded(images, key[0], key[1]),
+                          recipe.out)
+    written = recipe.out / ("train.parquet" if recipe.format == "trl" else "train.jsonl")
+    line = (f"export {recipe.out}: {counts['examples']} examples, {counts['images']} images "
+            f"({recipe.format})")
+    return Outcome([line], [Written(written)], dict(counts), marks=[recipe.out])
+
+
+def _examples(recipe: ExportRecipe) -> list[Path]:
+    from docthink.synth.pipeline import examples_file
+
+    return [examples_file(recipe.run_dir)]
+
+
+EXPORT = Stage("export", ("export",), ExportRecipe, _export, inputs=_examples,
+               parents=lambda r: [r.run_dir])
+
