@@ -93,7 +93,7 @@ def eval_run(
     except (DataError, JudgeRequired, FileNotFoundError, NotADirectoryError) as exc:
         raise _fail(str(exc)) from None
     report = result.report
-    _say(f"eval {resolved.out}: {report['benchmark']}, {report['questions']}  [run {run_id}]")
+    _say(f"eval {resolved.out}: {report['questions']}  [run {run_id}]")
     _say_scoring(report)
     for mode, m in report["modes"].items():  # type: ignore[union-attr]
         _say(f"  {mode}: acc {m['acc']:.4f} f1 {m['f1']:.4f} ({m['n']} questions, "
@@ -104,8 +104,8 @@ def eval_run(
 def _say_scoring(report: dict[str, object]) -> None:
     scoring: dict[str, object] = report["scoring"]  # type: ignore[assignment]
     if scoring["metric"] == "judge":
-        _say(f"  scored by judge {scoring['judge']} (prompt {scoring['prompt']} sha256 "
-             f"{str(scoring['prompt_sha256'])[:16]}); {report['note']}")
+        _say(f"  {report['benchmark']} scored by judge {scoring['judge']} (prompt "
+             f"{scoring['prompt']} sha256 {str(scoring['prompt_sha256'])[:16]}); {report['note']}")
 
 
 @eval_app.command("rescore")
@@ -146,12 +146,16 @@ def eval_rescore(
         raise _fail(str(exc)) from None
     if out is None:
         typer.echo(json.dumps(report, indent=2))
-        return
-    _say(f"rescore {out}: {report['benchmark']} acc {report['acc']:.4f} f1 {report['f1']:.4f} "
-         f"({report['questions']})  [run {run_id}]")
-    _say_scoring(report)
+    else:
+        _say(f"rescore {out}: acc {report['acc']:.4f} f1 {report['f1']:.4f} "
+             f"({report['questions']})  [run {run_id}]")
+        _say_scoring(report)
+        _say_comparison(report)
+
+
+def _say_comparison(report: dict[str, object]) -> None:
     comparison: dict[str, object] | None = report["comparison"]  # type: ignore[assignment]
     if comparison is not None:
         _say(f"  beside V1's rules: {comparison['compared']} compared, "
-             f"{len(comparison['differ'])} verdicts differ {comparison['differ_by_cause']}, "
-             f"{len(comparison['v1_unscoreable'])} rows V1's rules cannot score")
+             f"{len(comparison['differ'])} verdicts differ {comparison['differ_by_cause']}, "  # type: ignore[arg-type]
+             f"{len(comparison['v1_unscoreable'])} rows V1's rules cannot score")  # type: ignore[arg-type]

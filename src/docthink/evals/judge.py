@@ -8,7 +8,8 @@ response, reasoning included. It replies through the client's structured output 
 json_schema) with `JudgeVerdict`: verdict and abstained.
 
 A row scores 1 when judged equivalent, else 0, and counts as answered unless the judge read a
-decline. A row whose request failed has no response to judge: it scores 0 and counts as answered,
+decline (a correct answer to an answerable question counts as answered whatever the judge's
+abstained says: precision's numerator is part of its denominator). A row whose request failed has no response to judge: it scores 0 and counts as answered,
 as V1's rules count a failed extraction. A judge request that fails after its retries, or whose
 reply never validates, is that row's failure (score 0, with the reason). Judge replies go through
 the request cache like every request: a rerun asks only what was never answered.
@@ -91,7 +92,8 @@ class JudgeMetric:
         if isinstance(outcome, RequestFailure):
             return Scored(row, pred, 0.0, tokens, f"judge failed: {outcome.reason}", answered=True)
         verdict = cast(JudgeVerdict, outcome.parsed)  # validated against this schema
-        return Scored(row, pred, float(verdict.equivalent), tokens, answered=not verdict.abstained,
+        answered = not verdict.abstained or (verdict.equivalent and not row.unanswerable)
+        return Scored(row, pred, float(verdict.equivalent), tokens, answered=answered,
                       judged=verdict)
 
     async def aclose(self) -> None:

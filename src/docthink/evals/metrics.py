@@ -5,7 +5,7 @@
   precision = the same sum / the number of rows answered; F1 = 2PR / (P + R), 0 when undefined
   (as the official code). What counts as answered is the metric's: under V1's rules a row whose
   extracted prediction is not exactly `Not answerable`; under V2's judge a row whose response the
-  judge did not read as a decline.
+  judge did not read as a decline, or answered correctly (see `judge.py`).
 - Breakdowns (accuracy and count), each a function of the row: answer format; evidence source (a
   row counts under each of its labels); document type; single-page / cross-page / unanswerable
   (`BenchRow.page_kinds`, overlapping as in the official code); and, for MMLongBench-Doc-V2, its
