@@ -18,10 +18,18 @@ from docthink.cli.common import (
 )
 from docthink.recipe import load_recipe
 
+ScoringJudgeUrl = Annotated[str | None, typer.Option(
+    help="the scoring judge's OpenAI-compatible base URL (mmlongbench-v2)")]
+ScoringJudgeName = Annotated[str | None, typer.Option(
+    help="the scoring judge's model name (mmlongbench-v2)")]
+ScoringPrompt = Annotated[Path | None, typer.Option(
+    help="the scoring judge's rubric file (default: evals/prompts/judge_v2.txt)")]
+
 eval_app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode=None,
-    help="Evaluate a model on MMLongBench-Doc / MMLBD-C; rescore predictions without a model.",
+    help="Evaluate a model on MMLongBench-Doc / MMLBD-C / MMLongBench-Doc-V2; rescore "
+    "predictions without the evaluated model.",
 )
 app.add_typer(eval_app, name="eval")
 
@@ -33,7 +41,11 @@ def eval_run(
     documents: Annotated[Path | None, typer.Option(help="folder of the benchmark's PDFs")] = None,
     corpus: Annotated[Path | None, typer.Option(help="an existing corpus instead")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
-    benchmark: Annotated[str | None, typer.Option(help="name for the leaderboard")] = None,
+    benchmark: Annotated[str | None, typer.Option(
+        help="mmlongbench-doc, mmlbd-c (V1's rules) or mmlongbench-v2 (an LLM judge: "
+        "--scoring-judge-url/--scoring-judge-name); the leaderboard's column (default: "
+        "mmlongbench-doc)")
+    ] = None,
     limit: Annotated[int | None, typer.Option(help="first N selected questions")] = None,
     docs: Annotated[
         list[str] | None, typer.Option("--docs", "--doc", help="only this doc_id (repeatable)")
@@ -50,6 +62,9 @@ def eval_run(
     judge_url: Annotated[str | None, typer.Option(help="judge base URL (LLM extraction)")] = None,
     judge_name: Annotated[str | None, typer.Option(help="judge model name")] = None,
     extract_prompt: Annotated[Path | None, typer.Option(help="judge prompt file")] = None,
+    scoring_judge_url: ScoringJudgeUrl = None,
+    scoring_judge_name: ScoringJudgeName = None,
+    scoring_prompt: ScoringPrompt = None,
     concurrency: Annotated[int | None, typer.Option(help="requests in flight")] = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
@@ -57,15 +72,17 @@ def eval_run(
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
     from docthink.evals import EvalRecipe, run_eval
-    from docthink.evals.recipe import eval_overrides
     from docthink.evals.report import questions_summary
+    from docthink.evals.recipe import eval_overrides
 
     overrides = eval_overrides(
         data=data, documents=documents, corpus=corpus, out=out, benchmark=benchmark, seed=seed,
         docs=docs, sample=sample, limit=limit, modes=modes, max_pages=max_pages,
         max_pixels=max_pixels, page_index=page_index, system=system, model_url=model_url,
         model_name=model_name, judge_url=judge_url, judge_name=judge_name,
-        extract_prompt=extract_prompt, concurrency=concurrency,
+        extract_prompt=extract_prompt, scoring_judge_url=scoring_judge_url,
+        scoring_judge_name=scoring_judge_name, scoring_prompt=scoring_prompt,
+        concurrency=concurrency,
     )
     if print_recipe:
         placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
@@ -76,6 +93,7 @@ def eval_run(
     report = result.report
     questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
     _say(f"eval {resolved.out}: {questions_summary(questions)}  [run {run_id}]")
+    _say_scoring(report)
     for mode, m in report["modes"].items():  # type: ignore[union-attr]
         tokens = "-" if m["mean_output_tokens"] is None else f"{m['mean_output_tokens']:.1f}"
         _say(f"  {mode}: acc {m['acc']:.4f} f1 {m['f1']:.4f} ({m['n']} questions, "
@@ -83,24 +101,46 @@ def eval_run(
     _say(f"  report {result.report_files[0]}; predictions {result.predictions}")
 
 
+def _say_scoring(report: dict[str, object]) -> None:
+    scoring: dict[str, object] = report["scoring"]  # type: ignore[assignment]
+    if scoring["metric"] == "judge":
+        _say(f"  {report['benchmark']} scored by judge {scoring['judge']} (prompt "
+             f"{scoring['prompt']} sha256 {str(scoring['prompt_sha256'])[:16]}); {report['note']}")
+
+
 @eval_app.command("rescore")
 def eval_rescore(
-    predictions: Annotated[Path, typer.Argument(help="JSONL rows {index, pred, mode?, failure?}")],
+    predictions: Annotated[Path, typer.Argument(
+        help="JSONL rows {index, pred, mode?, failure?, response?} (an eval run's "
+        "predictions.jsonl)")],
     data: Annotated[Path, typer.Option(help="the benchmark file (samples.json, Parquet, TSV)")],
     out: Annotated[Path | None, typer.Option("--out", help="report JSON (+ .md, .png beside); "
                                              "default: print the JSON")] = None,
-    benchmark: str = "mmlongbench-doc",
+    benchmark: Annotated[str, typer.Option(
+        help="mmlongbench-doc, mmlbd-c (V1's rules) or mmlongbench-v2 (an LLM judge)")
+    ] = "mmlongbench-doc",
+    v1_data: Annotated[Path | None, typer.Option(
+        help="V1's samples.json: with --benchmark mmlongbench-v2, also score the same "
+        "predictions under V1's rules and list the rows whose verdicts differ")] = None,
+    scoring_judge_url: ScoringJudgeUrl = None,
+    scoring_judge_name: ScoringJudgeName = None,
+    scoring_prompt: ScoringPrompt = None,
+    cache: Annotated[Path | None, typer.Option(
+        help="the judge's request cache (default: cache.sqlite beside the predictions)")] = None,
     seed: int = 0,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
-    """Score extracted predictions against the data with no model at all."""
+    """Score predictions against the data without the evaluated model (V2: its judge, cached)."""
     from docthink.evals import RescoreRecipe
+    from docthink.evals.recipe import scoring_overrides
     from docthink.evals.report import questions_summary
     from docthink.evals.runner import run_rescore
 
-    resolved = load_recipe(RescoreRecipe, None, {"predictions": predictions, "data": data,
-                                                 "out": out, "benchmark": benchmark, "seed": seed})
+    resolved = load_recipe(RescoreRecipe, None, {
+        "predictions": predictions, "data": data, "out": out, "benchmark": benchmark,
+        "seed": seed, "v1_data": v1_data, "cache": cache,
+        "scoring": scoring_overrides(scoring_judge_url, scoring_judge_name, scoring_prompt)})
     run_id, report = run_rescore(resolved, runs_dir=runs_dir, registry_path=registry)
     if out is None:
         typer.echo(json.dumps(report, indent=2))
@@ -108,4 +148,13 @@ def eval_rescore(
         questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
         _say(f"rescore {out}: acc {report['acc']:.4f} f1 {report['f1']:.4f} "
              f"({questions_summary(questions)})  [run {run_id}]")
+        _say_scoring(report)
+        _say_comparison(report)
 
+
+def _say_comparison(report: dict[str, object]) -> None:
+    comparison: dict[str, object] | None = report["comparison"]  # type: ignore[assignment]
+    if comparison is not None:
+        _say(f"  beside V1's rules: {comparison['compared']} compared, "
+             f"{len(comparison['differ'])} verdicts differ {comparison['differ_by_cause']}, "  # type: ignore[arg-type]
+             f"{len(comparison['v1_unscoreable'])} rows V1's rules cannot score")  # type: ignore[arg-type]

@@ -17,7 +17,13 @@ from docthink.models.base import (
     UsageMeter,
 )
 from docthink.models.cache import CachedModel, RequestCache
-from docthink.models.specs import LocalModelSpec, ModelSpec, OpenAIModelSpec, TeacherSpec
+from docthink.models.specs import (
+    LocalModelSpec,
+    ModelSpec,
+    OpenAIModelSpec,
+    ServedModelSpec,
+    TeacherSpec,
+)
 from docthink.models.teacher import ExtractiveTeacher, PageTextSource
 
 
@@ -25,6 +31,12 @@ def build_model(spec: ModelSpec, *, pages: PageTextSource) -> ChatModel:
     """The model a recipe names. `pages` is the text layer the offline teacher reads."""
     if spec.kind == "teacher":
         return ExtractiveTeacher(spec, pages)
+    return build_served(spec)
+
+
+def build_served(spec: ServedModelSpec) -> ChatModel:
+    """A model that reads pixels, not a text layer: an OpenAI-compatible endpoint or a local
+    checkpoint (a judge needs no corpus)."""
     if spec.kind == "local":
         from docthink.models.local import LocalModel
 
@@ -50,9 +62,11 @@ __all__ = [
     "RequestCache",
     "RequestFailed",
     "RequestFailure",
+    "ServedModelSpec",
     "TeacherSpec",
     "TextPart",
     "Usage",
     "UsageMeter",
     "build_model",
+    "build_served",
 ]
