@@ -30,13 +30,13 @@ import numpy as np
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.ingest import ingest
 from docthink.questions.embed import HashedTfidfEmbedder, MiniLMEmbedder, PageIndex
-from docthink.questions.recipe import EmbeddingSettings
 from docthink.questions.negatives import (
     HardNegatives,
     brute_force_negatives,
     rank_negatives,
     similarity_gap,
 )
+from docthink.questions.recipe import EmbeddingSettings
 
 DEFAULT_DOCS = Path(__file__).resolve().parents[2] / "shared/data/mmlongbench/documents"
 

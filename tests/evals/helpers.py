@@ -12,6 +12,11 @@ SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench"
 SAMPLES = SHARED / "samples.json"
 DOCUMENTS = SHARED / "documents"
 NO_SHARED_DATA = f"MMLongBench-Doc data not found at {SHARED} (shared_data tests need it)"
+SHARED_V2 = SHARED.parent / "mmlongbench-v2"
+SAMPLES_V2 = SHARED_V2 / "samples.json"
+NO_SHARED_V2 = (f"MMLongBench-Doc-V2 data (samples.json, question_types.json, corrections_diff.json) "
+                f"or V1's PDFs not found at {SHARED_V2} and {DOCUMENTS} (shared_data tests need "
+                "them)")
 
 
 def openai_server() -> ModuleType:

@@ -6,15 +6,16 @@ import hashlib
 
 import pytest
 
+from docthink.evals.benchmarks import BENCHMARKS
 from docthink.evals.data import BenchRow
 from docthink.evals.extract import (
     FAILED_TO_EXTRACT,
-    ExtractPrompt,
     extraction_request,
     parse_judge,
     rule_extract,
 )
 from docthink.evals.metrics import Scored, bootstrap_ci, compute, f1_parts
+from docthink.evals.prompt import PromptFile
 from docthink.evals.report import build_report, render_markdown, run_metrics
 from docthink.models.base import ChatResult, RequestFailure, Usage
 
@@ -76,7 +77,7 @@ def test_parse_judge_as_the_official_runner() -> None:
 def test_extraction_request_follows_the_official_layout(tmp_path) -> None:
     path = tmp_path / "prompt.md"
     path.write_text("Extract.\n\n")  # sent unstripped, hashed as is
-    prompt = ExtractPrompt.read(path)
+    prompt = PromptFile.read(path)
     request = extraction_request(prompt, "How many?", "Seven.", 256)
     assert [(m.role, m.content[0].text) for m in request.messages] == [  # type: ignore[union-attr]
         ("user", "Extract.\n\n"), ("assistant", "\n\nQuestion:How many?\nAnalysis:Seven.\n")]
@@ -94,12 +95,18 @@ def row(index: int, answer: str, pages: tuple[int, ...] = (1,), sources: tuple[s
                     evidence_sources=sources)
 
 
+def v1(r: BenchRow, pred: str, score: float, tokens: int | None,
+       failure: str | None = None) -> Scored:
+    """Scored as V1's rules score: answered unless the prediction is `Not answerable`."""
+    return Scored(r, pred, score, tokens, failure, answered=pred != "Not answerable")
+
+
 SCORED = [
-    Scored(row(0, "a", (1,), ("Chart", "Table"), "Str", "Brochure"), "a", 1.0, 10),
-    Scored(row(1, "b", (1, 2), ("Chart",), "Int", "Brochure"), "c", 0.5, 20),
-    Scored(row(2, "c", (), ("Table",), "Str", "Guidebook"), "Not answerable", 0.0, 30),
-    Scored(row(3, "Not answerable", (), (), "None", "Guidebook"), "Not answerable", 1.0, 40),
-    Scored(row(4, "Not answerable", (), (), "None", "Guidebook"), "x", 0.0, None, "request failed"),
+    v1(row(0, "a", (1,), ("Chart", "Table"), "Str", "Brochure"), "a", 1.0, 10),
+    v1(row(1, "b", (1, 2), ("Chart",), "Int", "Brochure"), "c", 0.5, 20),
+    v1(row(2, "c", (), ("Table",), "Str", "Guidebook"), "Not answerable", 0.0, 30),
+    v1(row(3, "Not answerable", (), (), "None", "Guidebook"), "Not answerable", 1.0, 40),
+    v1(row(4, "Not answerable", (), (), "None", "Guidebook"), "x", 0.0, None, "request failed"),
 ]
 
 
@@ -116,12 +123,16 @@ def test_breakdowns_and_counts() -> None:
     m = compute(SCORED, seed=0)
     assert (m.n, m.acc, m.failures) == (5, pytest.approx(0.5), 1)
     assert m.mean_output_tokens == pytest.approx(25.0)  # the failed row has no tokens
-    page = {k: (g.acc, g.n) for k, g in m.by_page_kind.items()}
+    assert list(m.breakdowns) == ["by_page_kind", "by_answer_format", "by_evidence_source",
+                                  "by_doc_type"]
+    page = {k: (g.acc, g.n) for k, g in m.breakdowns["by_page_kind"].items()}
     assert page == {"single-page": (1.0, 1), "cross-page": (0.25, 2), "unanswerable": (0.5, 2)}
-    source = {k: (g.acc, g.n) for k, g in m.by_evidence_source.items()}
+    source = {k: (g.acc, g.n) for k, g in m.breakdowns["by_evidence_source"].items()}
     assert source == {"Chart": (0.75, 2), "Table": (0.5, 2)}  # row 0 counts under both labels
-    assert {k: g.n for k, g in m.by_answer_format.items()} == {"Int": 1, "None": 2, "Str": 2}
-    assert {k: g.n for k, g in m.by_doc_type.items()} == {"Brochure": 2, "Guidebook": 3}
+    assert {k: g.n for k, g in m.breakdowns["by_answer_format"].items()} == {
+        "Int": 1, "None": 2, "Str": 2}
+    assert {k: g.n for k, g in m.breakdowns["by_doc_type"].items()} == {
+        "Brochure": 2, "Guidebook": 3}
 
 
 def test_bootstrap_interval_is_reproducible_and_brackets_accuracy() -> None:
@@ -140,11 +151,12 @@ def test_report_puts_modes_side_by_side_and_flattens_metrics(tmp_path) -> None:
     data = tmp_path / "samples.json"
     data.write_text("[]")
     bench = Benchmark(data, "0" * 64, "samples.json", tuple(s.row for s in SCORED))
-    cot = [Scored(s.row, s.pred, 1.0, 100) for s in SCORED]
-    report = build_report(benchmark="mmlongbench-doc", data=bench,
+    cot = [v1(s.row, s.pred, 1.0, 100) for s in SCORED]
+    report = build_report(kind=BENCHMARKS["mmlongbench-doc"], data=bench,
                           scored={"plain": SCORED, "cot": cot}, seed=0,
                           questions={"evaluated": 5, "skipped": 2,
-                                     "skipped_reasons": {"pdf missing": 2}}, model="m")
+                                     "skipped_reasons": {"pdf missing": 2}},
+                          scoring={"metric": "rules"}, model="m")
     assert report["acc"] == pytest.approx(0.5) and report["modes"]["cot"]["acc"] == 1.0
     assert report["rows"][1] == {"index": 1, "score": 0.5}
     flat = run_metrics(report)

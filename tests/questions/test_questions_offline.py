@@ -16,10 +16,10 @@ from typer.testing import CliRunner
 from docthink.cli import app
 from docthink.core.parts import PageRef
 from docthink.corpus.corpus import Corpus
+from docthink.questions import embed
 from docthink.questions.layout import flat
 from docthink.questions.recipe import ContextSettings, QuestionSpecWeights
 from docthink.questions.rows import read_question_rows, resolve
-from docthink.synth import embed
 from tests.helpers import docthink
 
 INDEX_FILES = ("vectors.npy", "pages.jsonl", "negatives.npy", "negative_scores.npy", "index.json")

@@ -131,7 +131,7 @@ def pipeline(tmp_path_factory: pytest.TempPathFactory) -> Pipeline:
                    for f in facts]
         Path("samples.json").write_text(json.dumps(samples), encoding="utf-8")
         cli("eval", "run", "--data", "samples.json", "--corpus", "corpus", "--out", "eval",
-            "--benchmark", "planted", *common)
+            "--benchmark", "mmlbd-c", *common)
     finally:
         os.chdir(here)
     return Pipeline(root, root / "registry.sqlite", facts)

@@ -136,7 +136,7 @@ def broken(tmp_path_factory: pytest.TempPathFactory) -> Broken:
         Path("samples.json").write_text(json.dumps(samples), encoding="utf-8")
         for name in ("eval-a", "eval-b", "eval-c"):
             cli("eval", "run", "--data", "samples.json", "--corpus", "corpus", "--out", name,
-                "--benchmark", "planted", *common)
+                "--benchmark", "mmlbd-c", *common)
         Path("bad.jsonl").write_text('{"qid": "a", "doc_id": \n', encoding="utf-8")
         failed = CliRunner().invoke(app, ["synth", "--corpus", "corpus", "--questions", "bad.jsonl",
                                           "--out", "failed", *common])

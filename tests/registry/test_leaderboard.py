@@ -107,6 +107,37 @@ def test_a_newer_eval_replaces_the_older_score(small_history: tuple[Path, list[R
     assert top.scores[str(old.recipe["benchmark"])].run_id == "re-eval" and top.evals == 3
 
 
+def test_v1_and_v2_scores_never_share_a_column(tmp_path: Path) -> None:
+    """MMLongBench-Doc-V2 evals of two of the three checkpoints: the board gets a V2 column set
+    beside V1's; V1's numbers do not move, the V2 column holds only V2 evals (blank for the
+    checkpoint never evaluated on V2), and ranking by V2 ranks by V2's numbers alone."""
+    runs = history(1, seed=5)
+    path = tmp_path / "r.sqlite"
+    with Registry(path) as registry:
+        record_runs(registry, runs)
+        before = build_leaderboard(registry, benchmark="mmlongbench-doc")
+        v1_evals = [r for r in runs if r.kind == "eval" and r.recipe["benchmark"] == "mmlongbench-doc"]
+        v2_evals = [replace(ev, id=f"{ev.id}-v2", started_at=ev.started_at.replace("2026", "2027"),
+                            recipe={**ev.recipe, "benchmark": "mmlongbench-v2"},
+                            metrics={**ev.metrics, "benchmark": "mmlongbench-v2",
+                                     "acc": 0.9 - 0.1 * i, "acc_cot": 0.95 - 0.1 * i,
+                                     "judge": "judge", "judge_prompt_sha256": "f" * 64})
+                    for i, ev in enumerate(v1_evals[:2])]
+        record_runs(registry, v2_evals)
+        board = build_leaderboard(registry, benchmark="mmlongbench-v2", metric="acc")
+    assert sorted(board.benchmarks) == ["mmlbd-c", "mmlongbench-doc", "mmlongbench-v2"]
+    assert {"mmlongbench-v2 acc", "mmlongbench-doc acc"} <= set(board.columns())
+    v1_before = {r.checkpoint: r.value("mmlongbench-doc", "acc") for r in before.rows}
+    assert {r.checkpoint: r.value("mmlongbench-doc", "acc") for r in board.rows} == v1_before
+    v2 = {ev.recipe["model"]["model"]: ev.metrics["acc"] for ev in v2_evals}  # type: ignore[index]
+    assert [(r.checkpoint, r.value("mmlongbench-v2", "acc")) for r in board.rows] == [
+        *sorted(v2.items(), key=lambda kv: -float(kv[1])),  # type: ignore[arg-type]
+        *((c, None) for c in sorted(set(v1_before) - set(v2)))]
+    for rec in board.records():
+        assert rec["mmlongbench-v2 acc"] == v2.get(str(rec["checkpoint"]))
+        assert rec["mmlongbench-doc acc"] == v1_before[str(rec["checkpoint"])]
+
+
 def test_csv_and_json_exports_hold_every_row(small_history: tuple[Path, list[RunSpec]],
                                              tmp_path: Path) -> None:
     path, _ = small_history

@@ -41,8 +41,9 @@ def test_an_old_registry_file_is_migrated_and_its_runs_indexed(tmp_path: Path) -
     db.commit()
     db.close()
     with Registry(path) as registry:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) == 4
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert registry.get("old-1").recipe == {"trace": {"top_k": 24}}
+        assert registry.get("old-1").cwd is None  # recorded before runs kept their folder
         stats = update_index(registry, None)
         assert stats.runs == 1
         (text,) = registry.db.execute("SELECT text FROM search_docs WHERE run_id = 'old-1'").fetchone()
@@ -62,7 +63,7 @@ def test_an_indexed_registry_keeps_its_index_through_migration_4(tmp_path: Path)
     db.commit()
     db.close()
     with Registry(path) as registry:
-        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == 4
+        assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert registry.db.execute("SELECT path, rows, reason FROM search_files").fetchall() == [
             ("/data/traces.parquet", 5, None)]
 
@@ -189,8 +190,8 @@ def test_verify_reports_changed_and_missing_artifacts(tmp_path: Path) -> None:
     gone.write_text("g")
     with start_run("toy", _Recipe(name="x"), command=["t"], runs_dir=tmp_path / "runs",
                    registry_path=registry, inputs=[single]) as run:
-        run.add_output(folder)
-        run.add_output(gone)
+        run.add("output", folder)
+        run.add("output", gone)
     assert "3 artifacts: 3 ok, 0 changed, 0 missing" in cli("runs", "verify", "--registry", registry)
     (folder / "b.txt").write_text("new file in an output folder")
     gone.unlink()

@@ -24,9 +24,12 @@ def test_print_names_commit_recipe_and_command(pipeline: Pipeline, tmp_path: Pat
     with Registry(path) as registry:
         record = registry.get(export)
     assert record.git_commit is not None and record.git_commit in out
-    # the recipe says `run_dir: synth`: the directory it was started in is read back
-    assert f"\ncd {pipeline.root}\n" in out
-    assert f"docthink export synth --format trl --out {tmp_path / 'again' / 'export'}" in out
+    # the recipe says `run_dir: synth`: the rerun starts where the run was started, as recorded
+    assert record.cwd == str(pipeline.root) and f"\ncd {pipeline.root}\n" in out
+    assert "(inferred from its artifact paths)" not in out
+    recipe_file = tmp_path / "again" / f"recipe-{export}.yaml"
+    assert f"\ndocthink export --recipe {recipe_file} --runs-dir" in out
+    assert f"\nformat: trl\nout: {tmp_path / 'again' / 'export'}\nrun_dir: synth\n" in out
     assert not (tmp_path / "again").exists()  # printing runs nothing
 
 
@@ -126,5 +129,5 @@ def test_a_kind_without_a_command_is_refused(pipeline: Pipeline, tmp_path: Path)
         registry.start(run_id="odd", kind="toy", started_at="2026", command=[], run_dir="/",
                        recipe={}, recipe_hash="h", git_commit="a" * 40, git_dirty=False,
                        packages={}, host="h", parents=())
-    assert "no known command reruns a 'toy' run" in cli("reproduce", "odd", "--registry", path,
+    assert "no stage reruns a 'toy' run" in cli("reproduce", "odd", "--registry", path,
                                                          code=2)

@@ -36,7 +36,7 @@ def test_run_folder_and_record(tmp_path: Path) -> None:
         registry_path=registry, parents=["parent-1"],
     ) as run:
         out.write_text("hello")
-        run.add_output(out)
+        run.add("output", out)
         run.metrics["n"] = 3
         run.log.info("working")
     assert yaml.safe_load((run.dir / "recipe.yaml").read_text())["k"] == 16

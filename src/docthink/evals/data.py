@@ -1,5 +1,6 @@
 """Benchmark questions in: MMLongBench-Doc's GitHub `samples.json`, its Hugging Face Parquet
-layout, and the TSV layout used for MMLBD-C, all read into one typed row model.
+layout, the TSV layout used for MMLBD-C, and MMLongBench-Doc-V2 (`samples.json` with its
+`question_types.json` beside it), all read into one typed row model.
 
 Validated here, once: a bad row is an error naming the file, the row and the field. Rows are keyed
 by their index (the position in the file, or the TSV's `index` column): `(doc_id, question)` is not
@@ -15,6 +16,7 @@ import sys
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
@@ -26,6 +28,10 @@ from docthink.runs import file_sha256
 
 FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidence_sources",
           "answer_format")
+
+
+TaskType = Literal["lookup", "count", "enumerate", "derive", "compare", "verify"]
+V2_LABELS = "question_types.json"
 
 
 class DataError(UserError, ValueError):
@@ -46,6 +52,9 @@ class BenchRow(BaseModel):
     answer_format: AnswerFormat
     evidence_pages: tuple[int, ...]
     evidence_sources: tuple[str, ...]
+    # MMLongBench-Doc-V2's per-question labels (model-produced, not ground truth); None elsewhere.
+    task_type: TaskType | None = None
+    requires_visual: bool | None = None
 
     @field_validator("evidence_pages", "evidence_sources", mode="before")
     @classmethod
@@ -74,9 +83,15 @@ class Benchmark:
     sha256: str
     layout: str  # "samples.json" | "parquet" | "tsv"
     rows: tuple[BenchRow, ...]
+    labels: Path | None = None  # V2's question_types.json, joined into the rows
+    labels_sha256: str | None = None
 
     def by_index(self) -> dict[int, BenchRow]:
         return {row.index: row for row in self.rows}
+
+    def files(self) -> list[Path]:
+        """The files read: the data, then the labels joined into it."""
+        return [self.path, *([self.labels] if self.labels is not None else [])]
 
 
 def load_benchmark(path: Path) -> Benchmark:
@@ -94,6 +109,48 @@ def load_benchmark(path: Path) -> Benchmark:
         raise DataError(f"{path}: unknown layout (expected .json, .parquet or .tsv)")
     rows = _validated(path, raw)
     return Benchmark(path=path, sha256=file_sha256(path), layout=layout, rows=tuple(rows))
+
+
+class _Labels(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    doc_id: str
+    question: str
+    task_type: TaskType
+    requires_visual: bool
+
+
+def load_v2(path: Path) -> Benchmark:
+    """MMLongBench-Doc-V2: its `samples.json` (V1's schema) with `task_type` and `requires_visual`
+    joined on (doc_id, question) from the `question_types.json` beside it. Every question must
+    have its labels; labels of questions the file does not hold are not used."""
+    benchmark = load_benchmark(path)
+    if benchmark.layout != "samples.json":
+        raise DataError(f"{path}: mmlongbench-v2 reads its samples.json (with {V2_LABELS} beside it)")
+    labels_path = path.parent / V2_LABELS
+    if not labels_path.is_file():
+        raise DataError(f"{labels_path}: no such file (mmlongbench-v2's task labels, beside "
+                        f"{path.name})")
+    labels: dict[tuple[str, str], _Labels] = {}
+    for index, raw in _json_rows(labels_path):
+        try:
+            label = _Labels.model_validate(raw)
+        except ValidationError as exc:
+            raise DataError(f"{labels_path}: row {index}: {_reason(exc)}") from None
+        key = (label.doc_id, label.question)
+        if key in labels:
+            raise DataError(f"{labels_path}: row {index}: repeats the labels of {key}")
+        labels[key] = label
+    rows = []
+    for row in benchmark.rows:
+        label = labels.get((row.doc_id, row.question))
+        if label is None:
+            raise DataError(f"{labels_path}: no labels for row {row.index} of {path.name} "
+                            f"({row.doc_id}: {row.question!r})")
+        rows.append(row.model_copy(update={"task_type": label.task_type,
+                                           "requires_visual": label.requires_visual}))
+    return Benchmark(path=path, sha256=benchmark.sha256, layout=benchmark.layout,
+                     rows=tuple(rows), labels=labels_path, labels_sha256=file_sha256(labels_path))
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:

@@ -15,35 +15,18 @@ Two extractors, one interface (`Extraction` per response):
 
 from __future__ import annotations
 
-import hashlib
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 from docthink.core.vocab import NOT_ANSWERABLE, THINK_CLOSE, THINK_OPEN
 from docthink.engine.local import run_requests
+from docthink.evals.prompt import PROMPT_DIR, PromptFile
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.progress import progress
 
-PROMPT_DIR = Path(__file__).parent / "prompts"
 DEFAULT_PROMPT = PROMPT_DIR / "extract.txt"
 FAILED_TO_EXTRACT = "Failed to extract"
-
-
-@dataclass(frozen=True, slots=True)
-class ExtractPrompt:
-    path: Path
-    text: str  # exactly as in the file: the official runner sends it unstripped
-
-    @property
-    def sha256(self) -> str:
-        return hashlib.sha256(self.text.encode()).hexdigest()
-
-    @classmethod
-    def read(cls, path: Path | None) -> ExtractPrompt:
-        path = path or DEFAULT_PROMPT
-        return cls(path, path.read_text(encoding="utf-8"))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +123,7 @@ def rule_extract(question: str, response: str) -> Extraction:
 # -- LLM judge ------------------------------------------------------------------------------------
 
 
-def extraction_request(prompt: ExtractPrompt, question: str, response: str,
+def extraction_request(prompt: PromptFile, question: str, response: str,
                        max_tokens: int) -> ChatRequest:
     """The official request layout: the prompt as the user turn, then the question and the
     response as an assistant turn."""
@@ -186,7 +169,7 @@ class JudgeExtractor:
     """A judge model reads each response (its text after any reasoning); one with nothing after
     its reasoning is an extraction failure without asking the judge."""
 
-    def __init__(self, judge: ChatModel, prompt: ExtractPrompt, *, max_tokens: int,
+    def __init__(self, judge: ChatModel, prompt: PromptFile, *, max_tokens: int,
                  concurrency: int, show_progress: bool) -> None:
         self.judge = judge
         self.prompt = prompt
@@ -196,8 +179,8 @@ class JudgeExtractor:
 
     @property
     def record(self) -> dict[str, object]:
-        return {"method": "llm", "judge": self.judge.name, "prompt": self.prompt.path.name,
-                "prompt_sha256": self.prompt.sha256, "max_tokens": self.max_tokens}
+        return {"method": "llm", "judge": self.judge.name, **self.prompt.record(),
+                "max_tokens": self.max_tokens}
 
     async def extract_all(self, asks: Sequence[tuple[str, str]]) -> list[Extraction]:
         responses = [final_text(response) for _, response in asks]

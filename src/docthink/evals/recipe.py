@@ -10,10 +10,16 @@ from typing import Literal
 from pydantic import Field, FilePath, field_validator, model_validator
 
 from docthink.corpus.policy import RenderPolicy
-from docthink.models.specs import ModelSpec, TeacherSpec
+from docthink.models.specs import ModelSpec, ServedModelSpec, TeacherSpec
 from docthink.recipe import Recipe
 
 Mode = Literal["plain", "cot"]
+# The benchmarks of `docthink.evals.benchmarks.BENCHMARKS`: each a loader and a metric.
+BenchmarkName = Literal["mmlongbench-doc", "mmlbd-c", "mmlongbench-v2"]
+BENCHMARK_HELP = (
+    "mmlongbench-doc or mmlbd-c (V1's rules on the extracted answer), mmlongbench-v2 (V2's "
+    "questions, scored by an LLM judge: needs scoring.judge); also the leaderboard's column"
+)
 
 # The official runner renders each page at the given dpi with no size cap and sends it as a JPEG
 # saved by PIL at its default quality (75). max_side only guards against absurd page sizes.
@@ -97,12 +103,24 @@ class ExtractSettings(Recipe):
         return self
 
 
-class EvalRecipe(Recipe):
-    benchmark: str = Field(
-        "mmlongbench-doc", description="name the leaderboard files the scores under "
-        "(e.g. mmlongbench-doc, mmlbd-c)"
+class ScoringSettings(Recipe):
+    judge: ServedModelSpec | None = Field(
+        None, description="the LLM judge of judge-scored benchmarks (mmlongbench-v2): reads the "
+        "question, the reference, its format and the full response, and says whether the "
+        "response means the reference and whether it declines; required by them, unused by the "
+        "others"
     )
-    data: Path = Field(description="samples.json, the Hugging Face Parquet or an MMLBD-C TSV")
+    prompt: FilePath | None = Field(
+        None, description="judge rubric file; null: docthink's (evals/prompts/judge_v2.txt, "
+        "written from V2's published rubric)"
+    )
+    max_tokens: int = Field(256, ge=1, description="judge reply budget (the JSON verdict)")
+
+
+class EvalRecipe(Recipe):
+    benchmark: BenchmarkName = Field("mmlongbench-doc", description=BENCHMARK_HELP)
+    data: Path = Field(description="samples.json, the Hugging Face Parquet or an MMLBD-C TSV; "
+                       "for mmlongbench-v2 its samples.json")
     documents: Path | None = Field(
         None, description="folder of the benchmark's PDFs (a corpus is built under out/corpus)"
     )
@@ -115,6 +133,7 @@ class EvalRecipe(Recipe):
     select: SelectSettings = Field(default_factory=SelectSettings)
     inference: InferenceSettings = Field(default_factory=InferenceSettings)
     extract: ExtractSettings = Field(default_factory=ExtractSettings)
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     concurrency: int = Field(32, ge=1, description="requests in flight")
     workers: int = Field(2, ge=1, description="ingest and render processes")
 
@@ -126,11 +145,29 @@ class EvalRecipe(Recipe):
 
 
 class RescoreRecipe(Recipe):
-    predictions: Path = Field(description="JSONL rows {index, pred, mode?, failure?}")
+    predictions: Path = Field(description="JSONL rows {index, pred, mode?, failure?, response?} "
+                              "(a judge-scored benchmark needs the full response)")
     data: Path = Field(description="the benchmark file the predictions answer")
     out: Path | None = Field(None, description="report JSON (with .md and .png beside it)")
-    benchmark: str = "mmlongbench-doc"
+    benchmark: BenchmarkName = Field("mmlongbench-doc", description=BENCHMARK_HELP)
     seed: int = 0
+    scoring: ScoringSettings = Field(default_factory=ScoringSettings)
+    cache: Path | None = Field(
+        None, description="the judge's request cache; null: cache.sqlite beside the predictions "
+        "(in an eval run's folder, the judge replies it already has are reused)"
+    )
+    v1_data: Path | None = Field(
+        None, description="V1's samples.json: also score the same predictions under V1's rules "
+        "and list the rows whose verdicts differ (benchmark mmlongbench-v2)"
+    )
+    concurrency: int = Field(32, ge=1, description="judge requests in flight")
+
+    @model_validator(mode="after")
+    def _v1_beside_v2(self) -> RescoreRecipe:
+        if self.v1_data is not None and self.benchmark != "mmlongbench-v2":
+            raise ValueError("v1_data compares V1's rules with V2's judge: it needs benchmark "
+                             "mmlongbench-v2")
+        return self
 
 
 def _pruned(value: object) -> object:
@@ -163,14 +200,12 @@ def eval_overrides(
     judge_url: str | None = None,
     judge_name: str | None = None,
     extract_prompt: Path | None = None,
+    scoring_judge_url: str | None = None,
+    scoring_judge_name: str | None = None,
+    scoring_prompt: Path | None = None,
     concurrency: int | None = None,
 ) -> dict[str, object]:
     """Command-line flags as a nested recipe override (flags win over the recipe file)."""
-    def endpoint(url: str | None, name: str | None) -> dict[str, object] | None:
-        if url is None and name is None:
-            return None
-        return {"kind": "openai", "model": name, "endpoints": [{"base_url": url}]}
-
     judge = endpoint(judge_url, judge_name)
     return _pruned({  # type: ignore[return-value]
         "data": data, "documents": documents, "corpus": corpus, "out": out,
@@ -181,4 +216,17 @@ def eval_overrides(
                       "page_index": page_index, "system": system},
         "extract": {"method": "llm" if judge else None, "judge": judge,
                     "prompt": extract_prompt},
+        "scoring": scoring_overrides(scoring_judge_url, scoring_judge_name, scoring_prompt),
     })
+
+
+def endpoint(url: str | None, name: str | None) -> dict[str, object] | None:
+    """An OpenAI-compatible model spec from a URL and a model name flag (None when neither)."""
+    if url is None and name is None:
+        return None
+    return {"kind": "openai", "model": name, "endpoints": [{"base_url": url}]}
+
+
+def scoring_overrides(judge_url: str | None, judge_name: str | None,
+                      prompt: Path | None) -> dict[str, object]:
+    return _pruned({"judge": endpoint(judge_url, judge_name), "prompt": prompt})  # type: ignore[return-value]

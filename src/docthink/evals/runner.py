@@ -1,5 +1,6 @@
 """`docthink eval run`: ask a model every selected benchmark question over the document's page
-images, extract and score its answers, and write predictions and a report.
+images, extract its answers, score them with the benchmark's metric (V1's rules, or V2's judge on
+the full response), and write predictions and a report.
 
 The run's folder (`out`) holds `pdfs/` (links to the PDFs needed) and `corpus/` (their ingested
 pages and images, unless an existing corpus is given), `cache.sqlite` (every answer, committed as
@@ -27,18 +28,20 @@ from docthink.corpus.corpus import Corpus, Document, RenderError
 from docthink.corpus.ingest import ingest
 from docthink.corpus.policy import RenderPolicy
 from docthink.engine.local import run_requests
+from docthink.evals.benchmarks import BENCHMARKS, Metric, build_metric, require_judge
+from docthink.evals.compare import compare_with_v1
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
+    DEFAULT_PROMPT,
     Extraction,
     Extractor,
-    ExtractPrompt,
     JudgeExtractor,
     RuleExtractor,
 )
-from docthink.evals.metrics import Scored
+from docthink.evals.metrics import Answer, Scored
+from docthink.evals.prompt import PromptFile
 from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
 from docthink.evals.report import build_report, write_report
-from docthink.evals.scoring import score
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
 from docthink.models.cache import CachedModel, RequestCache
@@ -47,35 +50,29 @@ from docthink.progress import progress
 
 @dataclass(frozen=True, slots=True)
 class Prediction:
-    row: BenchRow
-    mode: Mode
-    response: str | None  # None when the request failed
-    extraction: Extraction
-    output_tokens: int | None
-    failure: str | None  # request or extraction failure: the row scores 0
-
-    @property
-    def score(self) -> float:
-        if self.failure is not None:
-            return 0.0
-        return score(self.row.answer, self.extraction.pred, self.row.answer_format)
-
-    def scored(self) -> Scored:
-        return Scored(self.row, self.extraction.pred, self.score, self.output_tokens, self.failure)
+    answer: Answer
+    scored: Scored  # by the benchmark's metric
 
     def to_json(self) -> dict[str, object]:
+        a, s = self.answer, self.scored
+        judged = s.judged
         return {
-            "index": self.row.index,
-            "mode": self.mode,
-            "doc_id": self.row.doc_id,
-            "question": self.row.question,
-            "answer": self.row.answer,
-            "answer_format": self.row.answer_format,
-            "response": self.response,
-            "pred": self.extraction.pred,
-            "score": self.score,
-            "output_tokens": self.output_tokens,
-            "failure": self.failure,
+            "index": a.row.index,
+            "mode": a.mode,
+            "doc_id": a.row.doc_id,
+            "question": a.row.question,
+            "answer": a.row.answer,
+            "answer_format": a.row.answer_format,
+            "response": a.response,
+            "pred": a.pred,
+            "score": s.score,
+            "output_tokens": a.output_tokens,
+            "failure": a.failure,  # request or extraction failure (what V1's rules read)
+            # V2's judge: its reading, or why it could not judge (None under V1's rules)
+            "verdict": None if judged is None else judged.verdict,
+            "abstained": None if judged is None else judged.abstained,
+            "judge_failure": s.failure if s.failure is not None and s.failure != a.failure
+            else None,
         }
 
 
@@ -85,6 +82,7 @@ class EvalResult:
     predictions: Path
     report_files: list[Path]
     usage: dict[str, object]
+    data_files: list[Path]  # the benchmark's files that were read
 
 
 # -- documents ------------------------------------------------------------------------------------
@@ -238,33 +236,37 @@ async def _complete_all(model: ChatModel, requests: Sequence[ChatRequest], concu
                                   on_done=lambda n: bar.advance(n))
 
 
-async def _answer_and_extract(
+async def _answer_extract_score(
     recipe: EvalRecipe,
     model: ChatModel,
     extractor: Extractor,
+    metric: Metric,
     jobs: Sequence[tuple[BenchRow, Mode, ChatRequest]],
     show_progress: bool,
 ) -> list[Prediction]:
     try:
         outcomes = await _complete_all(model, [r for _, _, r in jobs], recipe.concurrency,
                                        "answer", show_progress)
-        answered = [(row.question, o.text) for (row, _, _), o in zip(jobs, outcomes, strict=True)
-                    if isinstance(o, ChatResult)]
-        extractions = iter(await extractor.extract_all(answered))
+        asked = [(row.question, o.text) for (row, _, _), o in zip(jobs, outcomes, strict=True)
+                 if isinstance(o, ChatResult)]
+        extractions = iter(await extractor.extract_all(asked))
+        answers = [
+            Answer(row, mode, None, "", f"request failed: {outcome.reason}", None)
+            if isinstance(outcome, RequestFailure)
+            else _answered(row, mode, outcome, next(extractions))
+            for (row, mode, _), outcome in zip(jobs, outcomes, strict=True)
+        ]
+        scored = await metric.score_all(answers)
     finally:
         await model.aclose()
         await extractor.aclose()
-    return [
-        Prediction(row, mode, None, Extraction(""), None, f"request failed: {outcome.reason}")
-        if isinstance(outcome, RequestFailure)
-        else _answered(row, mode, outcome, next(extractions))
-        for (row, mode, _), outcome in zip(jobs, outcomes, strict=True)
-    ]
+        await metric.aclose()
+    return [Prediction(a, s) for a, s in zip(answers, scored, strict=True)]
 
 
-def _answered(row: BenchRow, mode: Mode, result: ChatResult, extraction: Extraction) -> Prediction:
-    return Prediction(row, mode, result.text, extraction, result.usage.completion_tokens,
-                      extraction.failure)
+def _answered(row: BenchRow, mode: Mode, result: ChatResult, extraction: Extraction) -> Answer:
+    return Answer(row, mode, result.text, extraction.pred, extraction.failure,
+                  result.usage.completion_tokens)
 
 
 # -- the run --------------------------------------------------------------------------------------
@@ -276,12 +278,15 @@ def _settings(recipe: EvalRecipe) -> dict[str, object]:
 
 
 def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
-    benchmark = load_benchmark(recipe.data)
+    kind = BENCHMARKS[recipe.benchmark]
+    require_judge(kind, recipe.scoring)  # refused before anything runs
+    benchmark = kind.load(recipe.data)
     recipe.out.mkdir(parents=True, exist_ok=True)
     corpus, selection = _select(recipe, benchmark, show_progress)
     skipped = dict(selection.skipped)
     wanted = {r.doc_id for r in selection.rows}
-    with corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
+    cache_path = recipe.out / "cache.sqlite"
+    with corpus, RequestCache(cache_path) as cache:
         unusable = {d: why for d in wanted if (why := _unusable(corpus, d)) is not None}
         usable_docs = wanted - unusable.keys()
         images, unrendered = page_images(corpus, usable_docs, recipe.inference, recipe.workers,
@@ -296,25 +301,30 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
         ]
         model = CachedModel(build_model(recipe.model, pages=corpus), cache)
         extractor = _extractor(recipe, corpus, cache, show_progress)
-        predictions = asyncio.run(_answer_and_extract(recipe, model, extractor, jobs, show_progress))
+        metric = build_metric(kind, recipe.scoring, cache_path, concurrency=recipe.concurrency,
+                              show_progress=show_progress)
+        predictions = asyncio.run(_answer_extract_score(recipe, model, extractor, metric, jobs,
+                                                        show_progress))
         usage = {"model": model.usage.as_dict(),
                  "judge": extractor.judge.usage.as_dict()
-                 if isinstance(extractor, JudgeExtractor) else None}
+                 if isinstance(extractor, JudgeExtractor) else None,
+                 "scoring": None if metric.usage is None else metric.usage.as_dict()}
     predictions_path = recipe.out / "predictions.jsonl"
     write_predictions(predictions, predictions_path)
     report = build_report(
-        benchmark=recipe.benchmark,
+        kind=kind,
         data=benchmark,
-        scored={mode: [p.scored() for p in predictions if p.mode == mode]
+        scored={mode: [p.scored for p in predictions if p.answer.mode == mode]
                 for mode in recipe.inference.modes},
         seed=recipe.seed,
         questions=_questions(len(rows), skipped),
         model=model.name,
         extraction=extractor.record,
+        scoring=metric.record,
         settings=_settings(recipe),
     )
     files = write_report(report, recipe.out / "report.json")
-    return EvalResult(report, predictions_path, files, usage)
+    return EvalResult(report, predictions_path, files, usage, benchmark.files())
 
 
 def _questions(evaluated: int, skipped: dict[int, str]) -> dict[str, object]:
@@ -332,7 +342,7 @@ def _extractor(recipe: EvalRecipe, corpus: Corpus, cache: RequestCache,
         return RuleExtractor()
     assert settings.judge is not None  # the recipe validates that method llm names a judge
     judge = CachedModel(build_model(settings.judge, pages=corpus), cache)
-    return JudgeExtractor(judge, ExtractPrompt.read(settings.prompt),
+    return JudgeExtractor(judge, PromptFile.read(settings.prompt or DEFAULT_PROMPT),
                           max_tokens=settings.max_tokens, concurrency=recipe.concurrency,
                           show_progress=show_progress)
 
@@ -358,16 +368,18 @@ class PredictionIn(BaseModel):
     mode: Mode = "plain"
     failure: str | None = None
     output_tokens: int | None = None
+    response: str | None = None  # the full response: what a judge reads
 
 
 class PredictionsError(UserError, ValueError):
     """A predictions file that cannot be read; the message names the file and line."""
 
 
-def read_predictions(path: Path, rows: dict[int, BenchRow]) -> dict[str, list[Scored]]:
-    """Scored rows per mode; an index that is not in the data, or an (index, mode) given twice,
-    is an error."""
-    scored: dict[str, list[Scored]] = {}
+def read_answers(path: Path, rows: dict[int, BenchRow], *, judged: bool) -> list[Answer]:
+    """The answers of a predictions file; an index that is not in the data, or an (index, mode)
+    given twice, is an error, and so is a row without its response when a judge reads it (a row
+    whose request failed has none: it carries its failure)."""
+    answers: list[Answer] = []
     seen: set[tuple[int, str]] = set()
     if not path.is_file():
         raise PredictionsError(f"{path}: no such file")
@@ -385,27 +397,55 @@ def read_predictions(path: Path, rows: dict[int, BenchRow]) -> dict[str, list[Sc
                 raise PredictionsError(f"{path}: line {number}: index {p.index} is not in the data")
             if (p.index, p.mode) in seen:
                 raise PredictionsError(f"{path}: line {number}: index {p.index} ({p.mode}) repeats")
+            if judged and p.response is None and p.failure is None:
+                raise PredictionsError(f"{path}: line {number}: response: the judge reads the full "
+                                       "response, and this row has none")
             seen.add((p.index, p.mode))
-            row = rows[p.index]
-            value = 0.0 if p.failure is not None else score(row.answer, p.pred, row.answer_format)
-            scored.setdefault(p.mode, []).append(Scored(row, p.pred, value, p.output_tokens, p.failure))
-    if not scored:
+            answers.append(Answer(rows[p.index], p.mode, p.response, p.pred, p.failure,
+                                  p.output_tokens))
+    if not answers:
         raise PredictionsError(f"{path}: no predictions")
-    return scored
+    return answers
 
 
-def rescore(recipe: RescoreRecipe) -> dict[str, object]:
-    """Score a predictions file against the data, with no model at all."""
-    benchmark = load_benchmark(recipe.data)
-    scored = read_predictions(recipe.predictions, benchmark.by_index())
-    answered = {s.row.index for rows in scored.values() for s in rows}
+def rescore_cache(recipe: RescoreRecipe) -> Path:
+    return recipe.cache or recipe.predictions.parent / "cache.sqlite"
+
+
+async def _score(metric: Metric, answers: Sequence[Answer]) -> list[Scored]:
+    try:
+        return await metric.score_all(answers)
+    finally:
+        await metric.aclose()
+
+
+def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> dict[str, object]:
+    """Score a predictions file against the data with the benchmark's metric, without the
+    evaluated model (a judge-scored benchmark asks its judge, through the request cache); with
+    `v1_data`, also side by side with V1's rules."""
+    kind = BENCHMARKS[recipe.benchmark]
+    require_judge(kind, recipe.scoring)
+    benchmark = kind.load(recipe.data)
+    answers = read_answers(recipe.predictions, benchmark.by_index(), judged=kind.judged)
+    metric = build_metric(kind, recipe.scoring, rescore_cache(recipe),
+                          concurrency=recipe.concurrency, show_progress=show_progress)
+    scored = asyncio.run(_score(metric, answers))
+    by_mode: dict[str, list[Scored]] = {}
+    for answer, s in sorted(zip(answers, scored, strict=True), key=lambda p: p[0].mode != "plain"):
+        by_mode.setdefault(answer.mode, []).append(s)
+    answered = {a.row.index for a in answers}
     unanswered = {r.index: "no prediction" for r in benchmark.rows if r.index not in answered}
+    comparison = None if recipe.v1_data is None else compare_with_v1(
+        list(zip(answers, scored, strict=True)), v1=load_benchmark(recipe.v1_data), v2=benchmark,
+        seed=recipe.seed)
     report = build_report(
-        benchmark=recipe.benchmark,
+        kind=kind,
         data=benchmark,
-        scored=dict(sorted(scored.items(), key=lambda kv: kv[0] != "plain")),
+        scored=by_mode,
         seed=recipe.seed,
         questions=_questions(len(answered), unanswered),
+        scoring=metric.record,
+        comparison=comparison,
     )
     if recipe.out is not None:
         write_report(report, recipe.out)

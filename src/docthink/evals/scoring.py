@@ -163,3 +163,9 @@ _SCORERS = {
 def score(reference: str, prediction: str, answer_format: AnswerFormat) -> float:
     """The official score of an extracted prediction against a reference, in [0, 1]."""
     return _SCORERS[answer_format](reference, prediction)
+
+
+def scoreable(reference: str, answer_format: AnswerFormat) -> bool:
+    """Whether the rules can credit any prediction for this reference: it scores 1 against
+    itself. V1 has five that do not (a `[]` List, `21%`, `14:04 CET`, `yes` and `GPT-4` as Int)."""
+    return score(reference, reference, answer_format) == 1.0

@@ -53,3 +53,5 @@ class TeacherSpec(_Spec):
 
 
 ModelSpec = Annotated[OpenAIModelSpec | TeacherSpec | LocalModelSpec, Field(discriminator="kind")]
+# A model that needs no corpus text layer: what can judge (the offline teacher cannot).
+ServedModelSpec = Annotated[OpenAIModelSpec | LocalModelSpec, Field(discriminator="kind")]

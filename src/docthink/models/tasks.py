@@ -4,6 +4,8 @@ request cache key."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import BaseModel, ConfigDict, Field
 
 
@@ -41,3 +43,22 @@ class ShortAnswer(_Output):
     `Not answerable` (MMLongBench-Doc's convention)."""
 
     answer: str = Field(description="the answer only, as short as possible")
+
+
+class JudgeVerdict(_Output):
+    """An equivalence judge's reading of one full response against the reference answer
+    (MMLongBench-Doc-V2's metric): whether it means the reference, and whether it declines."""
+
+    verdict: Literal["equivalent", "not_equivalent"] = Field(
+        description="equivalent: the final answer the response commits to means the reference "
+        "answer; not_equivalent: anything else"
+    )
+    abstained: bool = Field(
+        description="true when the response declines to answer (the document does not contain "
+        "the answer, it cannot be determined, the pages could not be read); false when it "
+        "commits to an answer, right or wrong"
+    )
+
+    @property
+    def equivalent(self) -> bool:
+        return self.verdict == "equivalent"

@@ -399,7 +399,6 @@ class Registry:
         kind: str,
         started_at: str,
         command: list[str],
-        cwd: str,
         run_dir: str,
         recipe: dict[str, object],
         recipe_hash: str,
@@ -408,6 +407,7 @@ class Registry:
         packages: dict[str, str],
         host: str,
         parents: tuple[str, ...],
+        cwd: str | None = None,  # None: not known (an import of runs recorded elsewhere)
     ) -> None:
         with self.write() as db:
             db.execute(

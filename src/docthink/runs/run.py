@@ -4,7 +4,7 @@ leaves a record in the registry, so any result can be traced to the recipe and c
     with start_run("ingest", recipe, command=sys.argv) as run:
         run.log.info("...")
         ...
-        run.add_output(path)
+        run.add("output", path)
         run.metrics["docs_ok"] = 12
 """
 
@@ -195,7 +195,7 @@ def start_run(
     recipe: BaseModel,
     *,
     command: list[str],
-    cwd: Path,
+    cwd: Path | None = None,
     runs_dir: Path | None = None,
     registry_path: Path | None = None,
     parents: Iterable[str] = (),
@@ -223,7 +223,7 @@ def start_run(
         kind=kind,
         started_at=started,
         command=command,
-        cwd=str(cwd.resolve()),
+        cwd=str((cwd or Path.cwd()).resolve()),
         run_dir=str(run_dir.resolve()),
         recipe=resolved,
         recipe_hash=recipe_hash(recipe),

@@ -50,6 +50,10 @@ def _none(recipe: object) -> Sequence[Path]:
     return ()
 
 
+def _fine(recipe: object) -> None:
+    return None
+
+
 @dataclass(frozen=True)
 class Stage(Generic[R]):
     kind: str  # the run kind in the registry
@@ -60,6 +64,8 @@ class Stage(Generic[R]):
     parents: Callable[[R], Sequence[Path]] = _none  # folders whose maker run is a parent
     # how the command takes a recipe file: the `--recipe` option, or its first argument
     recipe_option: bool = True
+    # refuses a recipe that cannot run (a UserError) before any run is recorded
+    check: Callable[[R], None] = _fine
 
     def argv(self, recipe_file: Path) -> list[str]:
         """The arguments after `docthink` that run this stage from a recipe file alone."""
@@ -76,6 +82,7 @@ def run_stage(
     registry: Path | None = None,
 ) -> tuple[str, Outcome]:
     """Run `stage` on `recipe` as a recorded run; the run id and what the stage made."""
+    stage.check(recipe)
     parents = [run_id for folder in stage.parents(recipe) for run_id in parent_runs(folder)]
     with start_run(stage.kind, recipe, command=list(argv if argv is not None else sys.argv),
                    cwd=cwd or Path.cwd(), runs_dir=runs_dir, registry_path=registry,
