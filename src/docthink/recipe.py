@@ -4,6 +4,7 @@ overridden by command-line flags. The resolved recipe is what the run folder and
 from __future__ import annotations
 
 from pathlib import Path
+from collections.abc import Mapping, Sequence
 from typing import Any, TypeVar
 
 import yaml
@@ -90,3 +91,16 @@ def commented_yaml(recipe: BaseModel, indent: int = 0) -> str:
         text = yaml.safe_dump({name: dumped}, sort_keys=False, default_flow_style=False).rstrip()
         lines.extend(pad + line for line in text.splitlines())
     return "\n".join(lines)
+
+
+K = TypeVar("K")
+
+
+def in_order(weights: Mapping[K, float], order: Sequence[K]) -> dict[K, float]:
+    """`weights` with its keys in a fixed order (those in `order` first, in that order; any other
+    after them, sorted): a weighted choice walks its keys in order, so without this the same
+    weights listed in another order (a file, the registry's JSON) would choose differently under
+    the same recipe hash."""
+    known = [k for k in order if k in weights]
+    others = sorted((k for k in weights if k not in order), key=str)
+    return {k: weights[k] for k in [*known, *others]}

@@ -5,13 +5,13 @@ resolved recipe of each run."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
-from docthink.recipe import Recipe
+from docthink.recipe import Recipe, in_order
 
 Weights = dict[str, float]
 
@@ -95,8 +95,9 @@ class QuestionSpecWeights(Recipe):
 
     @field_validator("type", "answer_format", "length", "difficulty", "n_questions")
     @classmethod
-    def _weights(cls, value: dict) -> dict:  # type: ignore[type-arg]
-        return _check_weights(value)
+    def _weights(cls, value: dict[Any, float], info: ValidationInfo) -> dict[Any, float]:
+        default = cls.model_fields[info.field_name or ""].get_default(call_default_factory=True)
+        return in_order(_check_weights(value), list(default))
 
 
 class SinglePageSettings(Recipe):
@@ -258,6 +259,11 @@ class RetrievalTask(WindowTask):
 class CountingTask(WindowTask):
     pages: tuple[int, int] = (2, 8)
     units: Weights = Field(default_factory=lambda: {"sentences": 1.0, "paragraphs": 1.0})
+
+    @field_validator("units")
+    @classmethod
+    def _units(cls, value: Weights) -> Weights:
+        return in_order(_check_weights(value), ["sentences", "paragraphs"])
 
 
 class TaskSettings(Recipe):

@@ -4,13 +4,14 @@ settings."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
 from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
-from docthink.recipe import Recipe
+from docthink.core.vocab import Placement
+from docthink.recipe import Recipe, in_order
 
 
 class SynthModelSpecs(Recipe):
@@ -58,7 +59,7 @@ class AnswerSettings(Recipe):
 
 
 class ExportSettings(Recipe):
-    placement: dict[Literal["system", "prefix", "suffix", "none"], float] = Field(
+    placement: dict[Placement, float] = Field(
         default_factory=lambda: {"system": 0.45, "prefix": 0.25, "suffix": 0.25, "none": 0.05},
         description="how <cot> is placed: a system message that is exactly <cot>, a prefix or "
         "suffix of the question, or none (then no trace either)",
@@ -76,10 +77,10 @@ class ExportSettings(Recipe):
 
     @field_validator("placement")
     @classmethod
-    def _some_weight(cls, value: dict[str, float]) -> dict[str, float]:
+    def _some_weight(cls, value: dict[Placement, float]) -> dict[Placement, float]:
         if sum(value.values()) <= 0 or min(value.values()) < 0:
             raise ValueError("weights must be >= 0 with a positive sum")
-        return value
+        return in_order(value, get_args(Placement))
 
 
 class SynthRecipe(Recipe):

@@ -212,6 +212,9 @@ def _last_checkpoint(folder: Path) -> str | None:
 def save_final(trainer: Any, processor: Any, tokens: TokenSetup, model_dir: Path) -> None:
     trainer.save_model(str(model_dir))
     if trainer.is_world_process_zero():
+        # The trainer's pickled arguments name this run's folders: the model's digest would
+        # change with where it was trained. The run folder keeps the resolved recipe instead.
+        (model_dir / "training_args.bin").unlink()
         processor.save_pretrained(str(model_dir))
         if tokens.added and _is_peft(trainer.model):
             # merge needs the grown vocabulary's config beside a LoRA adapter
