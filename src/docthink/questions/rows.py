@@ -4,7 +4,6 @@ error naming the file, the row and the field."""
 
 from __future__ import annotations
 
-import ast
 import json
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -115,34 +114,16 @@ def read_question_rows(path: Path) -> list[QuestionRow]:
 
 
 def mmlongbench_rows(path: Path) -> list[QuestionRow]:
-    """MMLongBench-Doc `samples.json`: qid = the row's index (`(doc_id, question)` is not unique),
-    evidence pages become source pages, the reference answer is kept."""
-    try:
-        samples = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise QuestionsError(f"{path}: not JSON: {exc.msg} (line {exc.lineno})") from None
-    if not isinstance(samples, list):
-        raise QuestionsError(f"{path}: expected a JSON list of samples")
-    rows = []
-    for index, sample in enumerate(samples):
-        if not isinstance(sample, dict):
-            raise QuestionsError(f"{path}: row {index}: expected an object")
-        absent = [k for k in ("doc_id", "question", "answer", "evidence_pages") if k not in sample]
-        if absent:
-            raise QuestionsError(f"{path}: row {index}: field {absent[0]}: missing")
-        try:
-            pages = ast.literal_eval(sample["evidence_pages"])
-        except (ValueError, SyntaxError) as exc:
-            raise QuestionsError(f"{path}: row {index}: field evidence_pages: {exc}") from None
-        try:
-            rows.append(QuestionRow(qid=str(index), doc_id=sample["doc_id"],
-                                    question=sample["question"], source_pages=pages,
-                                    answer=sample["answer"]))
-        except ValidationError as exc:
-            err = exc.errors()[0]
-            field = ".".join(str(p) for p in err["loc"])
-            raise QuestionsError(f"{path}: row {index}: field {field}: {err['msg']}") from None
-    return rows
+    """MMLongBench-Doc's `samples.json`, read by the evaluation's own loader: qid = the row's
+    index (`(doc_id, question)` is not unique), evidence pages become source pages, the reference
+    answer is kept."""
+    from docthink.evals.data import load_benchmark
+
+    return [
+        QuestionRow(qid=str(row.index), doc_id=row.doc_id, question=row.question,
+                    source_pages=list(row.evidence_pages), answer=row.answer)
+        for row in load_benchmark(path).rows
+    ]
 
 
 def check_documents(rows: list[QuestionRow], corpus: Corpus, source: Path) -> None:
