@@ -12,8 +12,9 @@ alone.
 Pages: the text layers of every PDF in DIR (default: the 37 MMLongBench-Doc PDFs). MiniLM embeds
 the first --embed-pages of them (all: --embed-pages 0); the 10,000 search vectors are those MiniLM
 vectors repeated with Gaussian noise (sigma 0.05) and re-normalised, in documents of 20 pages (the
-search cost depends on n, the dimension and k, not on the text). Each time is the median of --runs;
-peak memory is numpy's peak allocation traced with tracemalloc.
+search cost depends on n, the dimension and k, not on the text). Each time is the median of --runs
+(the two searches alternate runs, so a change in the machine's load falls on both); peak memory
+is numpy's peak allocation traced with tracemalloc.
 """
 
 from __future__ import annotations
@@ -69,15 +70,39 @@ def _timed(fn: Callable[[], object], runs: int) -> tuple[float, float, object]:
     """(median seconds, peak MB of the first run, the last result)."""
     times, peak, result = [], 0.0, None
     for run in range(runs):
-        if run == 0:
-            tracemalloc.start()
-        started = time.perf_counter()
-        result = fn()
-        times.append(time.perf_counter() - started)
-        if run == 0:
-            peak = tracemalloc.get_traced_memory()[1] / 2**20
-            tracemalloc.stop()
+        seconds, mb, result = _once(fn, traced=run == 0)
+        times.append(seconds)
+        peak = max(peak, mb)
     return statistics.median(times), peak, result
+
+
+def _once(fn: Callable[[], object], traced: bool) -> tuple[float, float, object]:
+    """(seconds, peak MB if traced else 0, the result)."""
+    if traced:
+        tracemalloc.start()
+    started = time.perf_counter()
+    result = fn()
+    seconds = time.perf_counter() - started
+    peak = 0.0
+    if traced:
+        peak = tracemalloc.get_traced_memory()[1] / 2**20
+        tracemalloc.stop()
+    return seconds, peak, result
+
+
+def _timed_pair(
+    ours: Callable[[], object], baseline: Callable[[], object], runs: int
+) -> tuple[tuple[list[float], float, object], tuple[list[float], float, object]]:
+    """(seconds of each run, peak MB of the first run, the last result) for two contenders, their
+    runs alternating, so a change in the machine's load falls on both."""
+    times: tuple[list[float], list[float]] = ([], [])
+    peaks, results = [0.0, 0.0], [None, None]
+    for run in range(runs):
+        for i, fn in enumerate((ours, baseline)):
+            seconds, mb, results[i] = _once(fn, traced=run == 0)
+            times[i].append(seconds)
+            peaks[i] = max(peaks[i], mb)
+    return (times[0], peaks[0], results[0]), (times[1], peaks[1], results[1])
 
 
 def main() -> None:
@@ -129,21 +154,28 @@ def _run(args: argparse.Namespace, work: Path) -> None:
     search = (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
     docs = (np.arange(args.pages) // 20).astype(np.int32)
     print(f"hard-negative search: {args.pages} pages x {search.shape[1]} dims, top {args.k} of "
-          f"other documents, median of {args.runs}")
-    ours_s, ours_mb, ours = _timed(
-        lambda: rank_negatives(search, docs, args.k, args.block), args.runs)
-    brute_s, brute_mb, brute = _timed(
-        lambda: brute_force_negatives(search, docs, args.k), args.runs)
+          f"other documents, median of {args.runs} (runs alternating)")
+    (ours_runs, ours_mb, ours), (brute_runs, brute_mb, brute) = _timed_pair(
+        lambda: rank_negatives(search, docs, args.k, args.block),
+        lambda: brute_force_negatives(search, docs, args.k),
+        args.runs,
+    )
+    ours_s, brute_s = statistics.median(ours_runs), statistics.median(brute_runs)
     assert isinstance(ours, HardNegatives) and isinstance(brute, HardNegatives)
     same_rows = float((ours.rows == brute.rows).mean())
     same_sets = float(np.mean([len(set(a) & set(b)) / args.k
                                for a, b in zip(ours.rows, brute.rows, strict=True)]))
     print(f"  docthink, blocked ({args.block} rows) + argpartition: {ours_s:6.2f} s, "
-          f"peak {ours_mb:7.0f} MB")
+          f"peak {ours_mb:7.0f} MB; runs {_seconds(ours_runs)}")
     print(f"  brute force, n x n matrix + argpartition:        {brute_s:6.2f} s, "
-          f"peak {brute_mb:7.0f} MB")
+          f"peak {brute_mb:7.0f} MB; runs {_seconds(brute_runs)}")
     print(f"  ratio (brute force / docthink): time {brute_s / ours_s:.2f}x, peak memory "
-          f"{brute_mb / ours_mb:.1f}x; same rank positions {same_rows:.4f}, same neighbour sets {same_sets:.4f}")
+          f"{brute_mb / ours_mb:.1f}x; same rank positions {same_rows:.4f}, same neighbour sets "
+          f"{same_sets:.4f}")
+
+
+def _seconds(runs: list[float]) -> str:
+    return ", ".join(f"{s:.2f}" for s in runs)
 
 
 if __name__ == "__main__":
