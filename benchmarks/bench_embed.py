@@ -13,8 +13,9 @@ Pages: the text layers of every PDF in DIR (default: the 37 MMLongBench-Doc PDFs
 the first --embed-pages of them (all: --embed-pages 0); the 10,000 search vectors are those MiniLM
 vectors repeated with Gaussian noise (sigma 0.05) and re-normalised, in documents of 20 pages (the
 search cost depends on n, the dimension and k, not on the text). Each time is the median of --runs
-(the two searches alternate runs, so a change in the machine's load falls on both); peak memory
-is numpy's peak allocation traced with tracemalloc.
+(the two searches alternate runs, so a change in the machine's load falls on both; their CPU time
+is the process's, all threads, steadier than wall time on a shared machine); peak memory is numpy's
+peak allocation traced with tracemalloc.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import tempfile
 import time
 import tracemalloc
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -70,39 +72,49 @@ def _timed(fn: Callable[[], object], runs: int) -> tuple[float, float, object]:
     """(median seconds, peak MB of the first run, the last result)."""
     times, peak, result = [], 0.0, None
     for run in range(runs):
-        seconds, mb, result = _once(fn, traced=run == 0)
+        seconds, _, mb, result = _once(fn, traced=run == 0)
         times.append(seconds)
         peak = max(peak, mb)
     return statistics.median(times), peak, result
 
 
-def _once(fn: Callable[[], object], traced: bool) -> tuple[float, float, object]:
-    """(seconds, peak MB if traced else 0, the result)."""
+def _once(fn: Callable[[], object], traced: bool) -> tuple[float, float, float, object]:
+    """(seconds, CPU seconds of the process (all its threads), peak MB if traced else 0, the
+    result)."""
     if traced:
         tracemalloc.start()
-    started = time.perf_counter()
+    started, cpu = time.perf_counter(), time.process_time()
     result = fn()
-    seconds = time.perf_counter() - started
+    seconds, cpu = time.perf_counter() - started, time.process_time() - cpu
     peak = 0.0
     if traced:
         peak = tracemalloc.get_traced_memory()[1] / 2**20
         tracemalloc.stop()
-    return seconds, peak, result
+    return seconds, cpu, peak, result
+
+
+@dataclass
+class Contender:
+    """Runs of one contender: wall and CPU seconds of each, peak MB of the first, last result."""
+
+    seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
+    peak_mb: float = 0.0
+    result: object = None
 
 
 def _timed_pair(
     ours: Callable[[], object], baseline: Callable[[], object], runs: int
-) -> tuple[tuple[list[float], float, object], tuple[list[float], float, object]]:
-    """(seconds of each run, peak MB of the first run, the last result) for two contenders, their
-    runs alternating, so a change in the machine's load falls on both."""
-    times: tuple[list[float], list[float]] = ([], [])
-    peaks, results = [0.0, 0.0], [None, None]
+) -> tuple[Contender, Contender]:
+    """Two contenders' runs, alternating, so a change in the machine's load falls on both."""
+    measured = (Contender(), Contender())
     for run in range(runs):
-        for i, fn in enumerate((ours, baseline)):
-            seconds, mb, results[i] = _once(fn, traced=run == 0)
-            times[i].append(seconds)
-            peaks[i] = max(peaks[i], mb)
-    return (times[0], peaks[0], results[0]), (times[1], peaks[1], results[1])
+        for contender, fn in zip(measured, (ours, baseline), strict=True):
+            seconds, cpu, mb, contender.result = _once(fn, traced=run == 0)
+            contender.seconds.append(seconds)
+            contender.cpu.append(cpu)
+            contender.peak_mb = max(contender.peak_mb, mb)
+    return measured
 
 
 def main() -> None:
@@ -155,23 +167,27 @@ def _run(args: argparse.Namespace, work: Path) -> None:
     docs = (np.arange(args.pages) // 20).astype(np.int32)
     print(f"hard-negative search: {args.pages} pages x {search.shape[1]} dims, top {args.k} of "
           f"other documents, median of {args.runs} (runs alternating)")
-    (ours_runs, ours_mb, ours), (brute_runs, brute_mb, brute) = _timed_pair(
+    blocked, full = _timed_pair(
         lambda: rank_negatives(search, docs, args.k, args.block),
         lambda: brute_force_negatives(search, docs, args.k),
         args.runs,
     )
-    ours_s, brute_s = statistics.median(ours_runs), statistics.median(brute_runs)
+    ours, brute = blocked.result, full.result
     assert isinstance(ours, HardNegatives) and isinstance(brute, HardNegatives)
+    ours_s, brute_s = statistics.median(blocked.seconds), statistics.median(full.seconds)
+    ours_cpu, brute_cpu = statistics.median(blocked.cpu), statistics.median(full.cpu)
     same_rows = float((ours.rows == brute.rows).mean())
     same_sets = float(np.mean([len(set(a) & set(b)) / args.k
                                for a, b in zip(ours.rows, brute.rows, strict=True)]))
-    print(f"  docthink, blocked ({args.block} rows) + argpartition: {ours_s:6.2f} s, "
-          f"peak {ours_mb:7.0f} MB; runs {_seconds(ours_runs)}")
-    print(f"  brute force, n x n matrix + argpartition:        {brute_s:6.2f} s, "
-          f"peak {brute_mb:7.0f} MB; runs {_seconds(brute_runs)}")
-    print(f"  ratio (brute force / docthink): time {brute_s / ours_s:.2f}x, peak memory "
-          f"{brute_mb / ours_mb:.1f}x; same rank positions {same_rows:.4f}, same neighbour sets "
-          f"{same_sets:.4f}")
+    for label, c, wall, cpu in (
+        (f"docthink, blocked ({args.block} rows) + argpartition:", blocked, ours_s, ours_cpu),
+        ("brute force, n x n matrix + argpartition:", full, brute_s, brute_cpu),
+    ):
+        print(f"  {label:<50} {wall:6.2f} s, CPU {cpu:6.2f} s, peak {c.peak_mb:5.0f} MB; runs "
+              f"{_seconds(c.seconds)} s, CPU {_seconds(c.cpu)} s")
+    print(f"  ratio (brute force / docthink): time {brute_s / ours_s:.2f}x, CPU time "
+          f"{brute_cpu / ours_cpu:.2f}x, peak memory {full.peak_mb / blocked.peak_mb:.1f}x; same "
+          f"rank positions {same_rows:.4f}, same neighbour sets {same_sets:.4f}")
 
 
 def _seconds(runs: list[float]) -> str:
