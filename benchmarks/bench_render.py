@@ -5,6 +5,8 @@ row's output size reported beside its speed.
 
     python benchmarks/bench_render.py [--docs DIR] [--pages-per-doc 4] [--runs 3]
 
+Needs poppler's /usr/bin/pdftoppm (Debian: `apt-get install poppler-utils`).
+
 What pdftoppm offers (poppler 22.12, `pdftoppm -h`): raw PPM (no compression, its fastest
 output); `-png` without a level option (its PNGs are zlib level 9: their IDAT stream is
 byte-identical to zlib level 9 with the Z_FILTERED strategy); `-jpeg` with `-jpegopt quality=N`
