@@ -21,9 +21,10 @@ base64-encoded once (as docthink encodes it once), a fixed pool of workers takin
 (as docthink's executor does), each reply's content validated with the same pydantic model. It is
 timed like docthink's evidence stage: wall clock, this process's CPU and the servers', from the
 first request built to the last reply parsed. docthink's stage does more in its span (each image's
-sha256 checked when it is encoded, a request cache row committed per result, the evidence rows). Before the timed runs, one docthink run and one
-baseline run are sent to a recording server, which checks that both clients sent the same evidence
-requests: the same bodies, equal as JSON, the same number of times.
+sha256 checked when it is encoded, a request cache row committed per result, the evidence rows).
+Before the timed runs, one docthink run and one baseline run are sent to a recording server, which
+checks that both clients sent the same evidence requests: the same bodies, equal as JSON, the same
+number of times.
 
     python benchmarks/bench_synth_throughput.py [--docs 20] [--min-requests 5000] [--runs 3]
         [--profile warm.prof]   # an extra profiled warm run, top functions printed
