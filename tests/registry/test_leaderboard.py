@@ -60,7 +60,7 @@ def test_lineage_lists_runs_from_the_data_to_the_checkpoint(tmp_path: Path) -> N
     well as four steps up its model's lineage: a nearest-first walk listed ingest, merge, train,
     export, synth. The lineage is in dependency order: each run after every run it used."""
     runs = history(1, seed=3)
-    manifest = Artifact("output", "/data/corpus/manifest.jsonl", "c" * 64, 10)
+    manifest = Artifact("output", "/data/corpus/manifest.jsonl", "c" * 64, 10, "blake3")
     ingest = RunSpec("000000-ingest", "ingest", "2026-02-28T00:00:00.000+00:00",
                      {"pdf_dir": "/pdfs", "out": "/data/corpus"}, {}, artifacts=[manifest])
     for run in runs:

@@ -216,10 +216,10 @@ def runs_verify(
     checks = verify(records)
     bad = [c for c in checks if c.status != "ok"]
     for c in bad:
-        now = "" if c.sha256 is None else f" now {c.sha256[:12]} ({c.size} bytes)"
+        now = "" if c.digest is None else f" now {c.digest[:12]} ({c.size} bytes)"
         why = "" if c.reason is None else f" ({c.reason})"
         _say(f"{c.status:10} {c.run_id} {c.artifact.role} {c.artifact.path}{why}: recorded "
-             f"{c.artifact.sha256[:12]} ({c.artifact.size} bytes){now}")
+             f"{c.artifact.algorithm} {c.artifact.digest[:12]} ({c.artifact.size} bytes){now}")
     gone = {c.artifact.path for c in checks if c.status == "missing"}
     skipped = unreadable(records, gone)
     for s in skipped:
@@ -390,8 +390,8 @@ def reproduce(
     except ReproduceError as exc:
         raise _fail(str(exc)) from None
     for c in outcome.comparisons:
-        typer.echo(f"{c.status:9} {c.recorded.path} {c.recorded.sha256[:12]}"
-                   + ("" if c.now is None else f" -> {c.now.sha256[:12]}"))
+        typer.echo(f"{c.status:9} {c.recorded.path} {c.recorded.digest[:12]}"
+                   + ("" if c.now is None else f" -> {c.now.digest[:12]}"))
     typer.echo(f"rerun {outcome.run_id}: {outcome.summary()}")
     if not outcome.identical:
         raise typer.Exit(1)

@@ -64,10 +64,11 @@ def merge(
             report = merge_checkpoints(
                 resolved.base, resolved.tuned, resolved.alphas, resolved.outs,
                 shard_size=resolved.shard_size, chunk_bytes=resolved.chunk_bytes,
-                progress=True, overwrite=overwrite,
+                progress=True, overwrite=overwrite, known_digest=run.known_digest,
             )
         except (MergeError, CheckpointError, FileExistsError) as exc:
             raise _fail(str(exc)) from None
+        run.remember(report.reusable)
         run.add_hashed_folder("input", resolved.base, report.base_files)
         run.add_hashed_folder("input", resolved.tuned, report.tuned_files)
         for output in report.outputs:

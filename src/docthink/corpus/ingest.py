@@ -29,7 +29,6 @@ from docthink.corpus.files import (
     Layout,
     atomic_write,
     exclusive_lock,
-    sha256_file,
     sweep_tmp,
 )
 from docthink.corpus.manifest import ManifestRecord, load_state, reason_kind, write_manifest
@@ -38,6 +37,7 @@ from docthink.corpus.policy import RenderPolicy
 from docthink.progress import progress
 from docthink.corpus.texts import TextStore
 from docthink.corpus.workers import TaskFailed, WorkerDied, run_isolated
+from docthink.hashing import file_digest
 
 log = logging.getLogger(__name__)
 
@@ -185,7 +185,7 @@ def _plan(
 
 def _sha256_or_none(path: Path) -> str | None:
     try:
-        return sha256_file(path)
+        return file_digest(path, "sha256")  # the text store's key: content-addressed
     except OSError:  # vanished or unreadable: the worker will record why
         return None
 

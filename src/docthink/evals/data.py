@@ -20,7 +20,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from docthink.evals.scoring import NOT_ANSWERABLE, AnswerFormat
-from docthink.runs import file_sha256
+from docthink.hashing import file_digest
 
 FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidence_sources",
           "answer_format")
@@ -91,7 +91,7 @@ def load_benchmark(path: Path) -> Benchmark:
     else:
         raise DataError(f"{path}: unknown layout (expected .json, .parquet or .tsv)")
     rows = _validated(path, raw)
-    return Benchmark(path=path, sha256=file_sha256(path), layout=layout, rows=tuple(rows))
+    return Benchmark(path=path, sha256=file_digest(path, "sha256"), layout=layout, rows=tuple(rows))
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:

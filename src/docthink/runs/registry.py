@@ -17,6 +17,7 @@ from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Self
 
+from docthink.hashing import FileDigest, Fingerprint
 from docthink.sqlite import open_wal
 
 MIGRATIONS: tuple[str, ...] = (
@@ -134,6 +135,27 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE search_files ADD COLUMN reason TEXT;  -- NULL: read and indexed
     CREATE INDEX search_files_skipped ON search_files(reason) WHERE reason IS NOT NULL;
     """,
+    # 5: an artifact's digest names its algorithm (docthink.hashing: blake3 from here on; every
+    # row before was sha256). `file_digests` keeps the digest of each file hashed while it had
+    # been quiet for a while, with its fingerprint then: a run reading the file again with the
+    # same fingerprint takes the digest instead of reading the bytes (docthink.hashing.quiet).
+    """
+    ALTER TABLE artifacts RENAME COLUMN sha256 TO digest;
+    ALTER TABLE artifacts ADD COLUMN algorithm TEXT NOT NULL DEFAULT 'sha256';
+    DROP INDEX artifacts_sha;
+    CREATE INDEX artifacts_digest ON artifacts(digest);
+    CREATE TABLE file_digests (
+        path TEXT NOT NULL,              -- absolute
+        algorithm TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        device INTEGER NOT NULL,
+        PRIMARY KEY (path, algorithm)
+    );
+    """,
 )
 
 
@@ -155,8 +177,9 @@ def now_iso() -> str:
 class Artifact:
     role: str
     path: str
-    sha256: str
+    digest: str
     size: int
+    algorithm: str  # of the digest (docthink.hashing)
 
 
 @dataclass(frozen=True)
@@ -416,6 +439,7 @@ class Registry:
         metrics: dict[str, object],
         artifacts: list[Artifact],
         error: str | None,
+        file_digests: Sequence[FileDigest] = (),
     ) -> None:
         with self.write() as db:
             db.execute(
@@ -423,10 +447,25 @@ class Registry:
                 (status, ended_at, json.dumps(metrics, sort_keys=True), error, run_id),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO artifacts (run_id, role, path, sha256, size)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(run_id, a.role, a.path, a.sha256, a.size) for a in artifacts],
+                "INSERT OR REPLACE INTO artifacts (run_id, role, path, digest, size, algorithm)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, a.role, a.path, a.digest, a.size, a.algorithm) for a in artifacts],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO file_digests (path, algorithm, digest, size, mtime_ns,"
+                " ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.path, f.algorithm, f.digest, f.fingerprint.size, f.fingerprint.mtime_ns,
+                  f.fingerprint.ctime_ns, f.fingerprint.inode, f.fingerprint.device)
+                 for f in file_digests if f.fingerprint is not None],
+            )
+
+    def known_digest(self, path: str, algorithm: str, now: Fingerprint) -> str | None:
+        """The recorded digest of a file (absolute path) if `now`, its fingerprint now, is the one
+        recorded with the digest: the file was not written since it was hashed."""
+        row = self.db.execute(
+            "SELECT digest, size, mtime_ns, ctime_ns, inode, device FROM file_digests"
+            " WHERE path = ? AND algorithm = ?", (path, algorithm)).fetchone()
+        return row[0] if row is not None and Fingerprint(*row[1:]) == now else None
 
     # -- notes and tags ---------------------------------------------------------------------------
 
@@ -495,7 +534,7 @@ class Registry:
             for row in self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk):
                 rows[row[0]] = row
             for run_id, *a in self.db.execute(
-                "SELECT run_id, role, path, sha256, size FROM artifacts"
+                "SELECT run_id, role, path, digest, size, algorithm FROM artifacts"
                 f" WHERE run_id IN ({marks}) ORDER BY role, path", chunk
             ):
                 artifacts.setdefault(run_id, []).append(Artifact(*a))
