@@ -1,9 +1,9 @@
 """Tensors moved piece by piece: read, combined for every alpha, written and hashed.
 
 Peak memory is the arena (`chunk_bytes`) whatever the model size. The arena has two halves:
-while piece k+1 is read and combined in one half, the digests of piece k's bytes (inputs and
-outputs) are computed on the other. Each byte stream (the base folder, the tuned folder, each
-output) has its own single-thread lane, so its hash sees its bytes in order.
+while piece k+1 is read and combined in one half, piece k's bytes in the other are hashed
+(inputs and outputs) and written (outputs). Each byte stream (the base folder, the tuned folder,
+each output) has its own single-thread lane, so its hash and its file see its bytes in order.
 
 Nothing is read twice for its digest: inputs are hashed as the merge reads them (in file order:
 the merge walks the base in file order, and a tuned checkpoint saved by the same code has the same
@@ -142,21 +142,30 @@ class _Lanes:
 
 
 class _ShardWriter:
+    """One output shard, written and hashed on its folder's lane (in order) while the main thread
+    reads and combines the next piece."""
+
     def __init__(self, path: Path, streamer: _Streamer) -> None:
         self.path, self.streamer = path, streamer
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         self.hash, self.written = hasher(), 0
 
     def write(self, data: memoryview) -> None:
-        self.streamer.hash(self.path.parent, self.hash.update, data)
+        self.streamer.on_lane(self.path.parent, self._write, data)
+
+    def _write(self, data: memoryview) -> None:
+        self.hash.update(data)
         write_all(self.fd, data)
         self.written += len(data)
 
     def close(self, size: int) -> Future:
+        return self.streamer.lanes.submit(self.path.parent, self._close, size)
+
+    def _close(self, size: int) -> str:
         os.close(self.fd)
         if self.written != size:
             raise AssertionError(f"{self.path}: wrote {self.written} of {size} bytes")
-        return self.streamer.lanes.submit(self.path.parent, self.hash.hexdigest)
+        return self.hash.hexdigest()
 
 
 class _Streamer:
@@ -183,8 +192,9 @@ class _Streamer:
         if self.bar is not None:
             self.bar.stop()
 
-    def hash(self, lane: Path, update, data: memoryview) -> None:
-        self.pending[self.half].append(self.lanes.submit(lane, update, data))
+    def on_lane(self, lane: Path, fn, data: memoryview) -> None:
+        """`fn(data)` on the lane; the arena half holding `data` is reused once it is done."""
+        self.pending[self.half].append(self.lanes.submit(lane, fn, data))
 
     def input_hashes(self) -> dict[Path, FileDigest]:
         jobs = {p: self.lanes.submit(p.parent, self.inputs.digest, p) for p in self.inputs.before}
@@ -255,7 +265,7 @@ class _Streamer:
         return b * compute.type(f.scale), a
 
     def _carve(self, *sizes: int) -> list[np.ndarray]:
-        """Views into the next arena half, once the hashing of its previous bytes is done."""
+        """Views into the next arena half, once its previous bytes are hashed and written."""
         self.half ^= 1
         for job in self.pending[self.half]:
             job.result()
@@ -270,7 +280,7 @@ class _Streamer:
             self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
         read_into(self.fds[ref.file], ref.offset + byte_start, memoryview(buf), ref.file)
         if ref.file in self.inputs.fed:
-            self.hash(
+            self.on_lane(
                 ref.file.parent,
                 partial(self.inputs.fed[ref.file].feed, ref.offset + byte_start),
                 memoryview(buf),
