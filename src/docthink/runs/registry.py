@@ -156,6 +156,20 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (path, algorithm)
     );
     """,
+    # 6: the leaderboard's rows, one per successful eval run, computed once from its lineage when
+    # the run is recorded or changes (docthink.registry.leaderboard.update_board).
+    """
+    CREATE TABLE leaderboard_evals (
+        run_id TEXT PRIMARY KEY,
+        checkpoint TEXT NOT NULL,
+        benchmark TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        scores TEXT NOT NULL,            -- JSON {metric key: value}
+        lineage TEXT NOT NULL,           -- JSON [[run id, kind], ...], from the data to the eval
+        recipe TEXT NOT NULL             -- JSON {column: value}
+    );
+    CREATE INDEX leaderboard_evals_checkpoint ON leaderboard_evals(checkpoint, benchmark, started_at);
+    """,
 )
 
 
@@ -284,6 +298,9 @@ def parse_when(text: str, *, end: bool) -> str:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
+
+# The readers of `run_changes`: the search index and the leaderboard table.
+CHANGE_CURSORS = ("indexed_seq", "board_seq")
 
 # Recipe fields that name a model: what `runs list --model` matches.
 MODEL_FIELDS = ("model", "base", "tuned")
@@ -575,6 +592,34 @@ class Registry:
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+    # -- the change log -----------------------------------------------------------------------------
+    # `run_changes` (filled by triggers) is read by several consumers, each with its own cursor in
+    # `search_state`: the search index and the leaderboard's table. A change is dropped from the
+    # log once every consumer has read it.
+
+    def changes(self, cursor: str) -> tuple[list[str], int]:
+        """The runs changed since `cursor` last advanced (in the order of their first change),
+        and the position to advance it to once they are handled."""
+        row = self.db.execute("SELECT value FROM search_state WHERE key = ?", (cursor,)).fetchone()
+        after = 0 if row is None else int(row[0])
+        top = self.db.execute("SELECT coalesce(max(seq), 0) FROM run_changes").fetchone()[0]
+        ids = [r for (r,) in self.db.execute(
+            "SELECT run_id FROM run_changes WHERE seq > ? AND seq <= ? GROUP BY run_id"
+            " ORDER BY min(seq)", (after, top))]
+        return ids, top
+
+    def advance(self, cursor: str, top: int) -> None:
+        """Move `cursor` to `top`; call inside `write()`."""
+        assert cursor in CHANGE_CURSORS, cursor
+        self.db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES (?, ?)",
+                        (cursor, str(top)))
+        marks = ", ".join("?" for _ in CHANGE_CURSORS)
+        seen = self.db.execute(f"SELECT key, value FROM search_state WHERE key IN ({marks})",
+                               CHANGE_CURSORS).fetchall()
+        if len(seen) == len(CHANGE_CURSORS):  # a consumer that never read keeps every change
+            self.db.execute("DELETE FROM run_changes WHERE seq <= ?",
+                            (min(int(v) for _, v in seen),))
 
 
 def _record(row: tuple[object, ...], artifacts: list[Artifact], parents: list[str],
