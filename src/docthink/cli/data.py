@@ -42,7 +42,7 @@ from docthink.runs import (
     start_run,
 )
 from docthink.synth.card import write_card
-from docthink.synth.embed import EmbeddingUnavailable
+from docthink.embedding import EmbeddingUnavailable
 from docthink.synth.export import write_export
 from docthink.synth.pipeline import (
     StageModels,

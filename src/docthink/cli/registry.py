@@ -304,20 +304,17 @@ def search(
     registry: RegistryOpt = None,
 ) -> None:
     """Search runs, recipes, notes, generated data and eval answers: BM25 and MiniLM, fused."""
-    from docthink.registry.embed import MISSING, embedding_available, load_embedder
     from docthink.registry.index import skipped_files, skipped_line, update_index
     from docthink.registry.search import Searcher, marked
 
     reg = _registry(registry)
-    embedder = load_embedder(semantic)
+    embedder = _semantic_encoder() if semantic else None
     stats = update_index(reg, embedder, rescan=rescan)
     if stats.runs:
         _say(stats.line())
     skipped = skipped_files(reg)
     if skipped:
         _say(skipped_line(skipped))
-    if semantic and not embedding_available():
-        _say(MISSING)
     result = Searcher(reg, embedder).search(query, limit=limit * 5 if per_run else limit,
                                             sources=source)
     hits = result.hits
@@ -337,10 +334,22 @@ def search(
                           highlight=False, soft_wrap=True)
 
 
+def _semantic_encoder():  # type: ignore[no-untyped-def]
+    """MiniLM for search, or one line saying how to get it or do without it."""
+    from docthink.embedding import EmbeddingUnavailable, minilm, unavailable
+
+    try:
+        return minilm()
+    except EmbeddingUnavailable:
+        raise _fail(str(unavailable("semantic search", "pass --no-semantic for full-text (BM25) "
+                                                       "search only"))) from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to bind (other than loopback: on purpose)")] = "127.0.0.1",
     port: int = 8321,
+    semantic: Annotated[bool, typer.Option(help="search adds embedding similarity to full-text")] = True,
     registry: RegistryOpt = None,
 ) -> None:
     """A read-only web UI: leaderboard, run pages (lineage, recipe, artifacts, notes), search."""
@@ -350,8 +359,9 @@ def serve(
         from docthink.registry.web import create_app
     except ImportError as exc:
         raise _fail(f"{exc}; the web UI needs: pip install 'docthink[web]'") from None
+    encoder = _semantic_encoder() if semantic else None  # loaded now, not at the first search
     _say(f"serving {registry or default_registry_path()} on http://{host}:{port} (read-only)")
-    uvicorn.run(create_app(registry or default_registry_path()), host=host, port=port,
+    uvicorn.run(create_app(registry or default_registry_path(), encoder), host=host, port=port,
                 log_level="warning")
 
 

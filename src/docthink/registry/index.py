@@ -38,7 +38,7 @@ import numpy as np
 from pydantic import BaseModel, ValidationError
 
 from docthink.registry.diff import flatten, show
-from docthink.registry.embed import Embedder
+from docthink.embedding import MiniLM
 from docthink.runs.registry import Registry, RunRecord
 
 M = TypeVar("M", bound=BaseModel)
@@ -391,7 +391,7 @@ def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
         yield items[start:start + size]
 
 
-def update_index(registry: Registry, embedder: Embedder | None, *,
+def update_index(registry: Registry, embedder: MiniLM | None, *,
                  rescan: bool = False) -> IndexStats:
     """Index what changed since the last update; with `rescan`, also look at every run's data
     files again (a folder rewritten without a new run). Files are read and texts embedded outside
@@ -438,7 +438,7 @@ def update_index(registry: Registry, embedder: Embedder | None, *,
     return stats
 
 
-def _backfill(registry: Registry, embedder: Embedder) -> int:
+def _backfill(registry: Registry, embedder: MiniLM) -> int:
     """Embed the texts indexed while no embedding model was installed."""
     marks = ", ".join("?" for _ in EMBEDDED_SOURCES)
     rows = registry.db.execute(
