@@ -21,13 +21,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from docthink.registry.embed import load_embedder
+from docthink.embedding import minilm
 from docthink.registry.index import update_index
 from docthink.registry.leaderboard import (
-    rows_from_lineage,
-    stored_rows,
     board_from_rows,
     build_leaderboard,
+    rows_from_lineage,
+    stored_rows,
     update_board,
 )
 from docthink.registry.page import render_static
@@ -72,7 +72,7 @@ def main() -> None:
     path = args.keep or folder / "registry.sqlite"
     reuse = path.exists()
     registry = Registry(path)
-    embedder = None if args.no_embed else load_embedder()
+    embedder = None if args.no_embed else minilm()
     if reuse:  # a registry kept by an earlier run: measure queries only
         print(f"runs: {registry.count():,} in {path} (kept from an earlier run)")
     else:

@@ -455,7 +455,8 @@ def test_merge_command_records_its_run_with_the_hashes_it_wrote(pair: Pair, tmp_
         assert (artifact.digest, artifact.size) == artifact_digest(tmp_path / name)
         assert artifact.algorithm == "blake3"
     inputs = {Path(a.path).name: a.digest for a in record.artifacts if a.role == "input"}
-    assert inputs == {"base": artifact_digest(pair.base)[0], "tuned": artifact_digest(pair.tuned)[0]}
+    assert inputs == {"base": artifact_digest(pair.base)[0],
+                      "tuned": artifact_digest(pair.tuned)[0]}
 
 
 def test_a_second_merge_takes_the_input_digests_the_registry_knows(
@@ -495,6 +496,6 @@ def test_a_second_merge_takes_the_input_digests_the_registry_knows(
     monkeypatch.setattr(docthink.merge.stream, "_InputHash", counting)
     second = merge("second")
     assert hashed == []
-    assert {k: second[k] for k in ("base", "tuned")} == {k: first[k] for k in ("base", "tuned")} == {
-        "base": artifact_digest(pair.base)[0], "tuned": artifact_digest(pair.tuned)[0]}
+    inputs = {"base": artifact_digest(pair.base)[0], "tuned": artifact_digest(pair.tuned)[0]}
+    assert {k: second[k] for k in inputs} == {k: first[k] for k in inputs} == inputs
     assert second["second"] == first["first"] == artifact_digest(tmp_path / "second")[0]

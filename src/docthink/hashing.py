@@ -81,7 +81,7 @@ def tree_digest(path: Path, algorithm: str = ALGORITHM,
     return folder_digest(digests, algorithm), sum(f.stat().st_size for f in files)
 
 
-# -- reusing a digest for a file that did not change ------------------------------------------------
+# -- reusing a digest for a file that did not change ---------------------------------------------
 
 QUIET_NS = 2 * 10**9
 
@@ -89,8 +89,8 @@ QUIET_NS = 2 * 10**9
 @dataclass(frozen=True)
 class Fingerprint:
     """What changes when a file's bytes can have changed. The kernel sets ctime to the current time
-    on every write, truncate, chmod or rename, and nothing can set it back (unlike mtime: `touch -d`,
-    `cp -p`), so a file whose fingerprint is unchanged was not written since."""
+    on every write, truncate, chmod or rename, and nothing can set it back (unlike mtime:
+    `touch -d`, `cp -p`), so a file whose fingerprint is unchanged was not written since."""
 
     size: int
     mtime_ns: int

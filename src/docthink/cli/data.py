@@ -28,6 +28,7 @@ from docthink.corpus import Corpus
 from docthink.corpus import ingest as run_ingest
 from docthink.corpus.files import sharded
 from docthink.corpus.samples import write_sample_pdfs
+from docthink.embedding import EmbeddingUnavailable
 from docthink.models import CachedModel, ChatModel, RequestCache, build_model
 from docthink.recipe import (
     ExportRecipe,
@@ -42,7 +43,6 @@ from docthink.runs import (
     start_run,
 )
 from docthink.synth.card import write_card
-from docthink.embedding import EmbeddingUnavailable
 from docthink.synth.export import write_export
 from docthink.synth.pipeline import (
     StageModels,

@@ -168,7 +168,8 @@ MIGRATIONS: tuple[str, ...] = (
         lineage TEXT NOT NULL,           -- JSON [[run id, kind], ...], from the data to the eval
         recipe TEXT NOT NULL             -- JSON {column: value}
     );
-    CREATE INDEX leaderboard_evals_checkpoint ON leaderboard_evals(checkpoint, benchmark, started_at);
+    CREATE INDEX leaderboard_evals_checkpoint
+        ON leaderboard_evals(checkpoint, benchmark, started_at);
     """,
 )
 
