@@ -471,7 +471,7 @@ def board_from_rows(registry: Registry, rows: Sequence[EvalRow], benchmark: str 
 
 def _ranked(rows: list[Row], benchmark: str | None, metric: str | None) -> Leaderboard:
     counts = Counter(b for row in rows for b in row.scores)
-    benchmarks = [b for b, _ in counts.most_common()]
+    benchmarks = sorted(counts, key=lambda b: (-counts[b], b))  # ties by name, not by row order
     ranked_by = _ranking(rows, benchmarks, benchmark, metric)
     rows.sort(key=lambda r: _sort_key(r, *ranked_by))
     return Leaderboard(benchmarks, rows, ranked_by)
