@@ -165,6 +165,7 @@ def _state(registry: Registry, key: str) -> str | None:
 def update_board(registry: Registry) -> int:
     """Bring `leaderboard_evals` up to date with the change log; the number of eval runs whose row
     was recomputed (or dropped)."""
+    after = registry.cursor("board_seq")
     ids, top = registry.changes("board_seq")
     fresh = _state(registry, "board_version") != BOARD_VERSION or _state(registry, "board_seq") is None
     if not ids and not fresh:
@@ -173,22 +174,32 @@ def update_board(registry: Registry) -> int:
         evals, rows = rows_from_lineage(registry)
     else:
         evals = _affected_evals(registry, ids)
-        rows = _rows(registry, [e for e in evals if e in _ok_evals(registry, evals)],
-                     _parents_of(registry, evals))
-    with registry.write() as db:
-        if fresh or len(ids) > BULK:
-            db.execute("DELETE FROM leaderboard_evals")
-        else:
-            db.executemany("DELETE FROM leaderboard_evals WHERE run_id = ?", [(e,) for e in evals])
-        db.executemany(
-            "INSERT INTO leaderboard_evals (run_id, checkpoint, benchmark, started_at, scores,"
-            " lineage, recipe) VALUES (?, ?, ?, ?, ?, ?, ?)",
-            [(r.run_id, r.checkpoint, r.benchmark, r.started_at, orjson.dumps(r.scores),
-              orjson.dumps(r.lineage), orjson.dumps(r.recipe)) for r in rows])
-        db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES ('board_version', ?)",
-                   (BOARD_VERSION,))
-        registry.advance("board_seq", top)
-    return len(evals)
+        ok = _ok_evals(registry, evals)
+        rows = _rows(registry, [e for e in evals if e in ok], _parents_of(registry, evals))
+    with registry.write():
+        # another process that updated the table meanwhile read other changes: start again
+        moved = registry.cursor("board_seq") != after
+        if not moved:
+            _store(registry, rows, None if fresh or len(ids) > BULK else evals, top)
+    return update_board(registry) if moved else len(evals)
+
+
+def _store(registry: Registry, rows: list[EvalRow], evals: list[str] | None, top: int) -> None:
+    """Replace the rows of `evals` (None: every row) with `rows`, and move the cursor to `top`;
+    inside `registry.write()`."""
+    db = registry.db
+    if evals is None:
+        db.execute("DELETE FROM leaderboard_evals")
+    else:
+        db.executemany("DELETE FROM leaderboard_evals WHERE run_id = ?", [(e,) for e in evals])
+    db.executemany(
+        "INSERT INTO leaderboard_evals (run_id, checkpoint, benchmark, started_at, scores,"
+        " lineage, recipe) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r.run_id, r.checkpoint, r.benchmark, r.started_at, orjson.dumps(r.scores),
+          orjson.dumps(r.lineage), orjson.dumps(r.recipe)) for r in rows])
+    db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES ('board_version', ?)",
+               (BOARD_VERSION,))
+    registry.advance("board_seq", top)
 
 
 def rows_from_lineage(registry: Registry) -> tuple[list[str], list[EvalRow]]:

@@ -599,11 +599,14 @@ class Registry:
     # `search_state`: the search index and the leaderboard's table. A change is dropped from the
     # log once every consumer has read it.
 
+    def cursor(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM search_state WHERE key = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
     def changes(self, cursor: str) -> tuple[list[str], int]:
         """The runs changed since `cursor` last advanced (in the order of their first change),
         and the position to advance it to once they are handled."""
-        row = self.db.execute("SELECT value FROM search_state WHERE key = ?", (cursor,)).fetchone()
-        after = 0 if row is None else int(row[0])
+        after = self.cursor(cursor)
         top = self.db.execute("SELECT coalesce(max(seq), 0) FROM run_changes").fetchone()[0]
         ids = [r for (r,) in self.db.execute(
             "SELECT run_id FROM run_changes WHERE seq > ? AND seq <= ? GROUP BY run_id"
