@@ -21,11 +21,15 @@ class Arm:
     opens_think: int  # the answer starts with <think>
     closes_think: int  # ... and closes it, with text after </think>
     mentions_think: int  # <think> anywhere in the answer
-    p_think: float  # mean probability of <think> as the first token
+    p_thinks: tuple[float, ...]  # probability of <think> as the first token, per prompt
 
     @property
     def rate(self) -> float:
         return self.opens_think / self.n
+
+    @property
+    def p_think(self) -> float:
+        return sum(self.p_thinks) / self.n
 
 
 @dataclass(frozen=True)
@@ -79,8 +83,8 @@ def _arm(answers: list[tuple[str, float]]) -> Arm:
     opens = [t.lstrip().startswith(THINK_OPEN) for t in texts]
     closed = [o and THINK_CLOSE in t and t.split(THINK_CLOSE, 1)[1].strip() != ""
               for o, t in zip(opens, texts)]
-    p_think = sum(p for _, p in answers) / len(answers)
-    return Arm(len(texts), sum(opens), sum(closed), sum(THINK_OPEN in t for t in texts), p_think)
+    p_thinks = tuple(p for _, p in answers)
+    return Arm(len(texts), sum(opens), sum(closed), sum(THINK_OPEN in t for t in texts), p_thinks)
 
 
 def measure_switch(
