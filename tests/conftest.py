@@ -21,8 +21,9 @@ os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_OFFLINE"] = "1"
 
 CHECKOUT = Path(__file__).resolve().parents[1]
-# Files Python and pytest write by themselves; everything else a test leaves is a leak.
-BY_PRODUCTS = ("__pycache__/", ".pytest_cache/", ".egg-info/")
+# Files Python and pytest write by themselves, and the caches of linters a developer may run beside
+# the suite; everything else a test leaves is a leak.
+BY_PRODUCTS = ("__pycache__/", ".pytest_cache/", ".egg-info/", ".ruff_cache/", ".mypy_cache/")
 
 
 def _left_behind(folder: Path) -> set[str]:
