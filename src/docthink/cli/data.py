@@ -10,17 +10,21 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    ExecutorOpt,
     PrintRecipe,
+    RayAddressOpt,
     RecipeOpt,
     RegistryOpt,
     RunsDir,
     SeedOpt,
+    ShardSizeOpt,
     _print_recipe,
     _run,
     _say,
     app,
 )
 from docthink.corpus.recipe import IngestRecipe
+from docthink.engine.executor import executor_overrides
 from docthink.export import ExportRecipe
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.recipe import load_recipe
@@ -80,12 +84,16 @@ def synth(
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     recipe: RecipeOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Corpus + questions -> page evidence -> <think> traces -> answers -> SFT examples."""
-    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
+    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed,
+                 "executor": executor_overrides(executor, ray_address, shard_size)}
     if print_recipe:
         placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
         _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE)
