@@ -18,7 +18,7 @@ from pydantic import Field
 from docthink.recipe import Recipe
 
 if TYPE_CHECKING:  # recipes import this module; pyarrow loads only where shards are written
-    from docthink.engine.shards import Committed, Shard
+    from docthink.engine.shards import Committed, Shard, ShardStore
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -42,6 +42,8 @@ class ExecutorSpec(Recipe):
 
 class ShardJob(Protocol[T, S]):
     """A stage's work on one shard, runnable in this process or shipped to a worker (pickled)."""
+
+    store: ShardStore  # where shards are committed
 
     def prepare(self, shard: Shard[T], workers: int, show_progress: bool) -> None:
         """CPU work before any model call (rendering the shard's pages into the corpus store)."""
