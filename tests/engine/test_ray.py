@@ -1,0 +1,124 @@
+"""The stages on a local Ray cluster of 2 CPUs (one for the module): the same bytes as the local
+executor for the same recipe and seed, on the sample corpus and on MMLongBench-Doc questions over
+the shared PDFs; a model actor killed mid-run loses and duplicates no row."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+import ray
+
+from tests.helpers import docthink
+from tests.synth.test_synth_server import (  # noqa: F401  (fixtures)
+    Teacher,
+    pages,
+    questions,
+    server,
+    synth_args,
+    table,
+    write_recipe,
+)
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench"
+TABLES = ("evidence.parquet", "traces.parquet", "answers.parquet", "dropped.jsonl",
+          "examples.jsonl")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    """A local cluster this process drives; in-process commands use it, others join its address."""
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR", log_to_driver=False)
+    yield ray.get_runtime_context().gcs_address
+    ray.shutdown()
+
+
+def synth(corpus: Path, questions: Path, out: Path, *extra: str | Path) -> None:
+    docthink("synth", "--corpus", corpus, "--questions", questions, "--out", out,
+             "--runs-dir", out.parent / "runs", *extra)
+
+
+def export(run: Path) -> dict[str, bytes]:
+    docthink("export", run, "--format", "trl", "--out", run.parent / f"{run.name}-trl",
+             "--runs-dir", run.parent / "runs")
+    folder = run.parent / f"{run.name}-trl"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name != "docthink_run.json"}
+
+
+def same_outputs(a: Path, b: Path) -> None:
+    for name in TABLES:
+        assert (a / name).read_bytes() == (b / name).read_bytes(), name
+    assert export(a) == export(b)
+
+
+def test_sample_corpus_exports_equal_the_local_executor(cluster, sample_corpus,
+                                                       tmp_path: Path) -> None:
+    corpus, questions = sample_corpus
+    synth(corpus, questions, tmp_path / "local", "--shard-size", "3")
+    synth(corpus, questions, tmp_path / "ray", "--shard-size", "3", "--executor", "ray")
+    same_outputs(tmp_path / "local", tmp_path / "ray")
+    assert len(list((tmp_path / "ray" / "shards").glob("*.json"))) == 3
+
+
+@pytest.mark.shared_data
+@pytest.mark.skipif(not SHARED.is_dir(), reason=f"MMLongBench-Doc data not found at {SHARED}")
+def test_mmlongbench_exports_equal_the_local_executor(cluster, tmp_path: Path) -> None:
+    pdfs = tmp_path / "pdfs"
+    pdfs.mkdir()
+    for name in ("2310.07609v1.pdf", "3276a5b991c49cf5f9a4af0f7d6fce67.pdf"):
+        (pdfs / name).symlink_to(SHARED / "documents" / name)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("trace: {top_k: 4}\nexecutor: {shard_size: 8}\n")
+    docthink("ingest", pdfs, "--out", tmp_path / "corpus", "--runs-dir", tmp_path / "runs")
+    for name, extra in (("local", []), ("ray", ["--executor", "ray"])):
+        synth(tmp_path / "corpus", SHARED / "samples.json", tmp_path / name, "--recipe", recipe,
+              *extra)
+    same_outputs(tmp_path / "local", tmp_path / "ray")
+    assert len(table(tmp_path / "ray" / "traces.parquet")) > 8  # more than one shard's
+
+
+def _model_actors() -> list[psutil.Process]:
+    """This cluster's model actors (its processes are this test process's descendants)."""
+    return [p for p in psutil.Process().children(recursive=True)
+            if "MapWorker(MapBatches(_ShardWorker))" in " ".join(p.cmdline())]
+
+
+def test_killed_model_actor_loses_and_duplicates_no_row(cluster, sample_corpus, pages, questions,
+                                                        server, tmp_path: Path) -> None:
+    corpus, questions_path = sample_corpus
+    server.responder = Teacher(pages, delay_s=0.05)
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=2,
+                          executor={"shard_size": 2, "actors": 2})
+    command = [sys.executable, "-m", "docthink.cli", *map(str, synth_args(
+        corpus, questions_path, tmp_path / "ray", recipe)), "--executor", "ray",
+        "--ray-address", cluster]
+    with (tmp_path / "ray.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while len(server.received) < 30 and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "ray.log").read_text()
+            time.sleep(0.01)
+        actors = _model_actors()
+        committed = list((tmp_path / "ray" / "shards").glob("*.json"))
+        assert len(actors) == 2 and len(committed) < 4 and process.poll() is None  # mid-run
+        os.kill(actors[0].pid, signal.SIGKILL)
+        assert process.wait(timeout=180) == 0, (tmp_path / "ray.log").read_text()
+    assert not psutil.pid_exists(actors[0].pid) or actors[0].status() == psutil.STATUS_ZOMBIE
+
+    server.responder = Teacher(pages)
+    docthink(*synth_args(corpus, questions_path, tmp_path / "local", recipe))
+    same_outputs(tmp_path / "local", tmp_path / "ray")
+    for name, key in (("traces.parquet", "qid"), ("answers.parquet", "qid")):
+        qids = [row[key] for row in table(tmp_path / "ray" / name)]
+        assert len(qids) == len(set(qids)) == len(questions)
+    examples = [json.loads(line)["id"] for line in (tmp_path / "ray" / "examples.jsonl").open()]
+    assert len(examples) == len(set(examples)) == len(questions)
