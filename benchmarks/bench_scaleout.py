@@ -150,7 +150,7 @@ def page_images(folder: Path, n: int) -> list[Path]:
     rng = np.random.default_rng(0)
     for i in range(n):
         pixels = np.full((400, 300, 3), 255, dtype=np.uint8)
-        pixels[:200] = rng.integers(0, 256, size=(200, 300, 3), dtype=np.uint8)
+        pixels[:112] = rng.integers(0, 256, size=(112, 300, 3), dtype=np.uint8)
         path = folder / f"page-{i:03d}.png"
         Image.fromarray(pixels).save(path, compress_level=1)
         paths.append(path)

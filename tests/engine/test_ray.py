@@ -122,3 +122,44 @@ def test_killed_model_actor_loses_and_duplicates_no_row(cluster, sample_corpus, 
         assert len(qids) == len(set(qids)) == len(questions)
     examples = [json.loads(line)["id"] for line in (tmp_path / "ray" / "examples.jsonl").open()]
     assert len(examples) == len(set(examples)) == len(questions)
+
+
+def test_eval_run_in_shards_and_on_ray_equals_one_shard(cluster, sample_corpus,
+                                                        tmp_path: Path) -> None:
+    """The planted sample questions as a benchmark over the sample corpus: one shard, shards of
+    three rows, and the same shards on Ray write the same predictions and report."""
+    corpus, questions = sample_corpus
+    rows = [json.loads(line) for line in questions.open()]
+    data = tmp_path / "samples.json"
+    data.write_text(json.dumps([
+        {"doc_id": r["doc_id"], "doc_type": "Financial report", "question": r["question"],
+         "answer": r["answer"], "evidence_pages": str(r["source_pages"]),
+         "evidence_sources": "['Pure-text (Plain-text)']",
+         "answer_format": "Float" if "." in r["answer"] else "Int"} for r in rows]))
+    for name, extra in (("one", []), ("local", ["--shard-size", "3"]),
+                        ("ray", ["--shard-size", "3", "--executor", "ray"])):
+        docthink("eval", "run", "--data", data, "--corpus", corpus, "--out", tmp_path / name,
+                 "--mode", "plain", "--mode", "cot", "--runs-dir", tmp_path / "runs", *extra)
+    for name in ("predictions.jsonl", "report.json"):
+        one = (tmp_path / "one" / name).read_bytes()
+        assert one == (tmp_path / "local" / name).read_bytes() == (
+            tmp_path / "ray" / name).read_bytes(), name
+    predictions = [json.loads(line) for line in (tmp_path / "ray" / "predictions.jsonl").open()]
+    assert [p["mode"] for p in predictions] == ["plain"] * len(rows) + ["cot"] * len(rows)
+    assert len(list((tmp_path / "ray" / "shards").glob("*.json"))) == 3
+
+
+def test_questions_in_shards_and_on_ray_equal_one_shard(cluster, sample_corpus,
+                                                        tmp_path: Path) -> None:
+    """Shards of one document, here and on Ray, write the questions, dropped rows and judgements
+    of a run in one shard."""
+    corpus, _ = sample_corpus
+    for name, extra in (("one", []), ("local", ["--shard-size", "1"]),
+                        ("ray", ["--shard-size", "1", "--executor", "ray"])):
+        docthink("questions", "--corpus", corpus, "--out", tmp_path / name,
+                 "--runs-dir", tmp_path / "runs", *extra)
+    for name in ("questions.jsonl", "dropped.jsonl", "judgements.jsonl"):
+        one = (tmp_path / "one" / name).read_bytes()
+        assert one == (tmp_path / "local" / name).read_bytes() == (
+            tmp_path / "ray" / name).read_bytes(), name
+    assert len(list((tmp_path / "ray" / "shards").glob("*.json"))) == 4  # the sample's documents

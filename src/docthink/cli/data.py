@@ -163,13 +163,17 @@ def questions(
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     recipe: RecipeOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Corpus -> single-page, multi-page and unanswerable questions in long contexts
     (questions.jsonl, the input of `docthink synth`)."""
-    overrides = {"corpus": corpus, "out": out, "seed": seed}
+    overrides = {"corpus": corpus, "out": out, "seed": seed,
+                 "executor": executor_overrides(executor, ray_address, shard_size)}
     if print_recipe:
         _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
         return

@@ -17,6 +17,7 @@ time."""
 
 from __future__ import annotations
 
+import hashlib
 import heapq
 import json
 import os
@@ -27,9 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Generic, TypeVar
 
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from pydantic import BaseModel
 
 T = TypeVar("T")
 
@@ -114,6 +117,29 @@ class ShardStore:
         for path in debris:
             shutil.rmtree(path) if path.is_dir() else path.unlink()
         return len(debris)
+
+
+def plan_digest(recipe: BaseModel) -> str:
+    """What decides a shard's rows besides its items: the recipe without where it runs, how fast,
+    and where it writes."""
+    settings = recipe.model_dump(mode="json",
+                                 exclude={"out", "executor", "concurrency", "workers"})
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def items_digest(plan: str, items: Iterable[object]) -> str:
+    """A shard's digest: the plan's and each item's canonical JSON (orjson: dataclasses and
+    pydantic models as their fields)."""
+    digest = hashlib.sha256(plan.encode())
+    for item in items:
+        digest.update(orjson.dumps(item, default=_fields))
+    return digest.hexdigest()
+
+
+def _fields(value: object) -> object:
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    raise TypeError(f"cannot digest {type(value).__name__}")
 
 
 def _fsync(path: Path) -> None:

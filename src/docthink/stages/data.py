@@ -61,26 +61,24 @@ def _write_recipe(recipe: QuestionsRecipe | TasksRecipe | SynthRecipe) -> None:
 
 
 def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
-    from docthink.corpus.corpus import Corpus
-    from docthink.models.cache import RequestCache
     from docthink.questions import PROMPTS
     from docthink.questions.card import write_questions_card
-    from docthink.questions.generate import run_question_stages, write_questions
+    from docthink.questions.job import make_questions
 
     _write_recipe(recipe)
-    with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
-    path = write_questions(result, recipe.out)
+    result = make_questions(recipe, run.log, show_progress=True)
     card = write_questions_card(result, recipe.contexts, recipe.out,
-                                recipe_hash=recipe_hash(recipe), usage=usage)
-    counts = result.counts()
-    line = (f"questions {path}: {counts['questions']} questions ({tally(counts['by_kind'])}) by "
-            f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
-            f"{tally(counts['by_context'])}; hard-negative gap {result.gap.as_dict()['gap']}; "
-            f"data card {card}")
-    summary = {"counts": counts, "usage": usage, "writer": result.writer, "judge": result.judge,
+                                recipe_hash=recipe_hash(recipe))
+    counts = result.counts
+    line = (f"questions {result.path}: {counts['questions']} questions ({tally(counts['by_kind'])}) "
+            f"by {result.indexed.writer}; judge rejected {counts['judge_rejected']}; contexts "
+            f"{tally(counts['by_context'])}; hard-negative gap {result.indexed.gap.as_dict()['gap']}"
+            f"; {result.shards['total']} shards ({result.shards['reused']} reused); data card "
+            f"{card}")
+    summary = {"counts": counts, "usage": result.usage, "writer": result.indexed.writer,
+               "judge": result.indexed.judge, "shards": result.shards,
                "prompts": PROMPTS.hashes()}
-    return Outcome([line], [Written(path)], scalars(counts), summary, marks=[recipe.out])
+    return Outcome([line], [Written(result.path)], scalars(counts), summary, marks=[recipe.out])
 
 
 QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,

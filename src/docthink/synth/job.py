@@ -11,7 +11,6 @@ dropped rows input first, then evidence and trace, then answer (each in question
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 from collections import Counter
@@ -22,8 +21,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import orjson
-
 from docthink.corpus.corpus import Corpus
 from docthink.engine.executor import run_shards
 from docthink.engine.shards import (
@@ -31,6 +28,8 @@ from docthink.engine.shards import (
     Shard,
     ShardStore,
     concatenated_lines,
+    items_digest,
+    plan_digest,
     sum_counts,
     write_atomically,
     write_concatenated,
@@ -54,22 +53,6 @@ from docthink.synth.pipeline import (
 from docthink.synth.recipe import SynthRecipe
 
 STAGE_MODELS = ("evidence", "answer_vision", "answer_text")
-
-
-def plan_digest(recipe: SynthRecipe) -> str:
-    """What decides a shard's rows besides its questions: the recipe without where it runs, how
-    fast, and where it writes."""
-    settings = recipe.model_dump(mode="json",
-                                 exclude={"out", "executor", "concurrency", "workers"})
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
-
-
-def _question_digest(plan: str, questions: Sequence[Question]) -> str:
-    digest = hashlib.sha256(plan.encode())
-    for q in questions:
-        digest.update(orjson.dumps([q.qid, q.doc_id, q.text, [[r.doc_id, r.page] for r in q.source],
-                                    [[r.doc_id, r.page] for r in q.context], q.answer]))
-    return digest.hexdigest()
 
 
 @dataclass
@@ -99,7 +82,7 @@ class QuestionShards:
             yield self._shard(plan, batch)
 
     def _shard(self, plan: str, questions: list[Question]) -> Shard[Question]:
-        shard = Shard(len(self.digests), tuple(questions), _question_digest(plan, questions))
+        shard = Shard(len(self.digests), tuple(questions), items_digest(plan, questions))
         self.digests.append(shard.digest)
         return shard
 
