@@ -75,11 +75,13 @@ def main() -> None:
     args = parser.parse_args()
 
     from docthink.corpus.ingest import ingest
+    from docthink.corpus.policy import RenderPolicy
 
     work = Path(tempfile.mkdtemp(prefix="bench_synth_memory_"))
     try:
         _, facts = write_sample_pdfs(work / "pdfs", args.docs, seed=0)
-        ingest(work / "pdfs", work / "corpus", render=True, workers=2, progress=False)
+        ingest(work / "pdfs", work / "corpus", render=RenderPolicy(), workers=2,
+               progress=False)
         sizes = {"1x": args.questions, f"{args.scale}x": args.questions * args.scale}
         files = {name: make_questions(work, work / "corpus", facts, n)
                  for name, n in sizes.items()}
