@@ -14,7 +14,6 @@ import asyncio
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ from docthink.evals.extract import (
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PromptFile
 from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
-from docthink.evals.report import build_report, write_report
+from docthink.evals.report import Questions, Report, build_report, write_report
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
 from docthink.models.tasks import JudgeVerdict
@@ -94,10 +93,10 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class EvalResult:
-    report: dict[str, object]
+    report: Report
     predictions: Path
     report_files: list[Path]
-    usage: dict[str, object]
+    usage: dict[str, dict[str, object] | None]  # model, judge, scoring -> tokens and requests
     data_files: list[Path]  # the benchmark's files that were read
 
 
@@ -336,7 +335,7 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
             c.folder / f"scored-{mode}.jsonl" for c in committed)]
             for mode in recipe.inference.modes},
         seed=recipe.seed,
-        questions=_questions(totals["evaluated"], skipped),
+        questions=Questions.of(totals["evaluated"], skipped),
         model=names["model"],
         extraction=names["extraction"],
         scoring=names["scoring"],
@@ -457,14 +456,6 @@ def scored_from_json(line: str, rows: Mapping[int, BenchRow]) -> Scored:
                   data["failure"], answered=data["answered"], judged=judged)
 
 
-def _questions(evaluated: int, skipped: dict[int, str]) -> dict[str, object]:
-    return {
-        "evaluated": evaluated,
-        "skipped": len(skipped),
-        "skipped_reasons": dict(sorted(Counter(skipped.values()).items())),
-    }
-
-
 def _extractor(recipe: EvalRecipe, corpus: Corpus, cache: RequestCache,
                show_progress: bool) -> Extractor:
     settings = recipe.extract
@@ -549,7 +540,7 @@ async def _score(metric: Metric, answers: Sequence[Answer]) -> list[Scored]:
         await metric.aclose()
 
 
-def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> dict[str, object]:
+def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> Report:
     """Score a predictions file against the data with the benchmark's metric, without the
     evaluated model (a judge-scored benchmark asks its judge, through the request cache); with
     `v1_data`, also side by side with V1's rules."""
@@ -573,7 +564,7 @@ def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> dict[str, 
         data=benchmark,
         scored=by_mode,
         seed=recipe.seed,
-        questions=_questions(len(answered), unanswered),
+        questions=Questions.of(len(answered), unanswered),
         scoring=metric.record,
         comparison=comparison,
     )

@@ -14,6 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
+from pydantic import ValidationError
+
 from docthink.core.errors import UserError
 from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
@@ -75,10 +77,6 @@ def _histogram(evidence: Sequence[PageEvidence]) -> list[int]:
     """Scored pages per unit of relevance score, 0-1 ... 9-10."""
     bins = Counter(min(int(e.relevance_score), 9) for e in evidence)
     return [bins[b] for b in range(10)]
-
-
-def _image_key(image: ImagePart) -> ImageKey:
-    return (image.sha256, image.path.suffix)
 
 
 def evidence_order(questions: Sequence[Question]) -> list[tuple[Question, PageRef]]:
@@ -232,7 +230,7 @@ def plain_examples(
     images = dict(zip(refs, corpus.ensure_images(refs, recipe.image, recipe.workers), strict=True))
     return [
         plain_example(
-            f"plain:{q.qid}", [_image_key(images[r]) for r in q.context], q.text, q.answer or "",
+            f"plain:{q.qid}", [ImageKey.of(images[r]) for r in q.context], q.text, q.answer or "",
             page_index=settings.page_index,
         )
         for q in sorted(chosen, key=lambda q: q.qid)
@@ -288,7 +286,7 @@ async def synthesize_shard(
         rows.examples.append(
             trace_example(
                 question.qid,
-                [_image_key(images[r]) for r in question.context],
+                [ImageKey.of(images[r]) for r in question.context],
                 question.text,
                 trace.text,
                 answer.text,
@@ -300,9 +298,9 @@ async def synthesize_shard(
     return rows
 
 
-def table_rows(rows: Sequence[object]) -> list[dict[str, object]]:
+def table_rows(rows: Sequence[PageEvidence | Trace | Answer]) -> list[dict[str, object]]:
     """Typed rows as the columns of their Parquet table (page refs as `doc_id` / `page`)."""
-    return [_flat(asdict(r)) for r in rows]  # type: ignore[call-overload]
+    return [_flat(asdict(r)) for r in rows]
 
 
 def _flat(row: dict[str, object]) -> dict[str, object]:
@@ -325,5 +323,15 @@ def examples_file(out: Path) -> Path:
 
 
 def read_examples(out: Path) -> list[SFTExample]:
-    with examples_file(out).open(encoding="utf-8") as f:
-        return [SFTExample.from_json(json.loads(line)) for line in f]
+    path = examples_file(out)
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                examples.append(SFTExample.from_json(line))
+            except ValidationError as exc:
+                # the deepest error: a part that is neither text nor an image names the image's field
+                err = max(exc.errors(), key=lambda e: len(e["loc"]))
+                where = ".".join(str(x) for x in err["loc"]) or "line"
+                raise UserError(f"{path}: line {number}: {where}: {err['msg']}") from None
+    return examples
