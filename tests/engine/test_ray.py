@@ -1,6 +1,7 @@
 """The stages on a local Ray cluster of 2 CPUs (one for the module): the same bytes as the local
 executor for the same recipe and seed, on the sample corpus and on MMLongBench-Doc questions over
-the shared PDFs; a model actor killed mid-run loses and duplicates no row."""
+the shared PDFs; a model actor killed mid-run loses and duplicates no row; a killed driver's rerun
+resumes from the committed shards and sends none of their requests again."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ import ray
 from tests.helpers import docthink
 from tests.synth.test_synth_server import (  # noqa: F401  (fixtures)
     Teacher,
+    _committed_qids,
+    classify,
     pages,
     questions,
     server,
@@ -127,6 +130,54 @@ def test_killed_model_actor_loses_and_duplicates_no_row(cluster, sample_corpus, 
         assert len(qids) == len(set(qids)) == len(questions)
     examples = [json.loads(line)["id"] for line in (tmp_path / "ray" / "examples.jsonl").open()]
     assert len(examples) == len(set(examples)) == len(questions)
+
+
+def test_killed_ray_driver_resumes_from_committed_shards(cluster, sample_corpus, pages, questions,
+                                                        server, tmp_path: Path) -> None:
+    """SIGKILL of `docthink synth --executor ray` once a shard is committed: Ray ends the job's
+    actors; the rerun on the same cluster sends no request of a committed shard again (counted at
+    the server), resends at most what was in flight, and ends with a straight local run's bytes."""
+    corpus, questions_path = sample_corpus
+    concurrency, actors = 2, 2
+    server.responder = Teacher(pages, delay_s=0.05)
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=concurrency,
+                          executor={"shard_size": 2, "actors": actors})
+    out = tmp_path / "resumed"
+    args = [*map(str, synth_args(corpus, questions_path, out, recipe)), "--executor", "ray",
+            "--ray-address", cluster]
+    with (tmp_path / "first.log").open("wb") as log:
+        process = subprocess.Popen([sys.executable, "-m", "docthink.cli", *args], stdout=log,
+                                   stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while not list((out / "shards").glob("[0-9]*.json")) and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    deadline = time.monotonic() + 60  # the job's actors go with its driver
+    while _model_actors() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _model_actors()
+    time.sleep(0.2)  # let the server finish handling what was in flight
+    committed = _committed_qids(out)
+    assert 2 <= len(committed) < len(questions)
+    first = classify(list(server.received), pages)
+    server.received.clear()
+
+    docthink(*args)
+    second = classify(list(server.received), pages)
+    qid_of = {q.text: q.qid for q in questions.values()}
+    assert second and not {s.question for s in second if qid_of[s.question] in committed}
+    again = {json.dumps(s.body, sort_keys=True) for s in first} & {
+        json.dumps(s.body, sort_keys=True) for s in second}
+    assert len(again) <= concurrency * actors  # only what was in flight at the kill
+    summary = json.loads(max((tmp_path / "runs").glob("*-synth-*")).joinpath(
+        "summary.json").read_text())
+    assert summary["shards"]["reused"] == len(committed) // 2 and summary["shards"]["total"] == 4
+
+    server.responder = Teacher(pages)
+    docthink(*synth_args(corpus, questions_path, tmp_path / "straight", recipe))
+    same_outputs(tmp_path / "straight", out)
 
 
 def test_eval_run_in_shards_and_on_ray_equals_one_shard(cluster, sample_corpus,

@@ -5,7 +5,8 @@ names. The job says what a shard needs on CPU first (`prepare`: rendering its pa
 worker opens once (`session`: the models, the request cache), and how a shard is processed and
 committed (`process`: the stage functions over the shard's rows, then `ShardStore.commit`). The
 executors only decide where those run; the stage merges the committed parts afterwards, the same
-whichever executor ran them. Shards already committed for the same work are not handed over."""
+whichever executor ran them. Shards already committed for the same work, with no failed request,
+are not handed over."""
 
 from __future__ import annotations
 

@@ -91,7 +91,7 @@ class _ShardWorker:
 
         for shard in batch["shard"]:
             # a shard retried after its actor died may have been committed before the death
-            if self.job.store.committed(shard) is None:
+            if not self.job.store.done(shard):
                 self._run(self.job.process(shard, self.session, False))
         return {"index": np.array([shard.index for shard in batch["shard"]])}
 

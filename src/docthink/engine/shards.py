@@ -52,6 +52,14 @@ class Committed:
     folder: Path
     counts: dict[str, object]
 
+    @property
+    def failed_requests(self) -> int:
+        """Requests of the shard that failed, from the usage its counts carry per model."""
+        usage = self.counts.get("usage")
+        if not isinstance(usage, dict):
+            return 0
+        return sum(int(u.get("failures", 0)) for u in usage.values() if isinstance(u, dict))
+
 
 class ShardStore:
     """The shards folder of a run's output folder (a path every worker sees)."""
@@ -71,6 +79,13 @@ class ShardStore:
         if marker["digest"] != shard.digest:
             return None
         return Committed(self.root / marker["folder"], marker["counts"])
+
+    def done(self, shard: Shard[object]) -> bool:
+        """Committed for this same work with no failed request. Failures are not cached, so a
+        rerun redoes a shard that had any: its finished requests come from the request cache,
+        only the failed ones are sent again (as a run without shards would)."""
+        committed = self.committed(shard)
+        return committed is not None and committed.failed_requests == 0
 
     def get(self, index: int, digest: str) -> Committed:
         """A shard the run needs committed (after its executor finished)."""

@@ -42,15 +42,24 @@ from docthink.engine.shards import (
     write_atomically,
     write_lines,
 )
-from docthink.evals.benchmarks import BENCHMARKS, Metric, build_metric, require_judge
+from docthink.evals.benchmarks import (
+    BENCHMARKS,
+    Metric,
+    Scoring,
+    build_metric,
+    require_judge,
+    scoring_from_json,
+)
 from docthink.evals.compare import compare_with_v1
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
     DEFAULT_PROMPT,
     Extraction,
+    ExtractionMethod,
     Extractor,
     JudgeExtractor,
     RuleExtractor,
+    extraction_from_json,
 )
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PromptFile
@@ -58,8 +67,8 @@ from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRe
 from docthink.evals.report import Questions, Report, build_report, write_report
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
-from docthink.models.tasks import JudgeVerdict
 from docthink.models.cache import CachedModel, RequestCache
+from docthink.models.tasks import JudgeVerdict
 from docthink.progress import progress
 
 
@@ -313,7 +322,7 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
     shards = [Shard(i, tuple(rows[start:start + size]), items_digest(plan, rows[start:start + size]))
               for i, start in enumerate(range(0, len(rows), size))]
     job.store.sweep()
-    run_shards(recipe.executor, job, [s for s in shards if job.store.committed(s) is None],
+    run_shards(recipe.executor, job, [s for s in shards if not job.store.done(s)],
                workers=recipe.workers, show_progress=show_progress)
     committed = [job.store.get(s.index, s.digest) for s in shards]
     job.store.sweep(keep=len(committed))
@@ -336,14 +345,32 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
             for mode in recipe.inference.modes},
         seed=recipe.seed,
         questions=Questions.of(totals["evaluated"], skipped),
-        model=names["model"],
-        extraction=names["extraction"],
-        scoring=names["scoring"],
+        model=names.model,
+        extraction=names.extraction,
+        scoring=names.scoring,
         settings=_settings(recipe),
     )
     files = write_report(report, recipe.out / "report.json")
     usage = {role: totals["usage"].get(role) for role in ("model", "judge", "scoring")}
     return EvalResult(report, predictions_path, files, usage, benchmark.files())
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Who answered, extracted and scored: what the report names."""
+
+    model: str
+    extraction: ExtractionMethod
+    scoring: Scoring
+
+    def to_json(self) -> dict[str, object]:
+        return {"model": self.model, "extraction": self.extraction.to_json(),
+                "scoring": self.scoring.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Names:
+        return cls(data["model"], extraction_from_json(data["extraction"]),
+                   scoring_from_json(data["scoring"]))
 
 
 @dataclass(frozen=True)
@@ -395,7 +422,7 @@ class EvalJob:
                 for mode in recipe.inference.modes for row in rows]
         model, extractor, metric = self._parts(session.corpus, session.cache, session.model,
                                                show_progress)
-        names = {"model": model.name, "extraction": extractor.record, "scoring": metric.record}
+        names = Names(model.name, extractor.record, metric.record)
         predictions = await _answer_extract_score(recipe, model, extractor, metric, jobs,
                                                   show_progress)
         usage = {"model": model.usage.as_dict()}
@@ -412,23 +439,22 @@ class EvalJob:
                 write_lines((json.dumps(p.to_json(), ensure_ascii=False) for p in mine),
                             folder / f"predictions-{mode}.jsonl")
                 write_lines((scored_json(p.scored) for p in mine), folder / f"scored-{mode}.jsonl")
-            (folder / "names.json").write_text(json.dumps(names), encoding="utf-8")
+            (folder / "names.json").write_text(json.dumps(names.to_json()), encoding="utf-8")
             (folder / "skipped.json").write_text(json.dumps(skipped), encoding="utf-8")
             return counts
 
         return self.store.commit(shard, write)
 
-    def names(self, folder: Path | None) -> dict[str, Any]:
+    def names(self, folder: Path | None) -> Names:
         """Who answered, extracted and scored, as a shard recorded it; with no shard run, from
         the models the recipe names (built, asked nothing)."""
         if folder is not None:
-            return json.loads((folder / "names.json").read_text(encoding="utf-8"))
+            return Names.from_json(json.loads((folder / "names.json").read_text(encoding="utf-8")))
         with Corpus.open(self.corpus_root) as corpus, \
                 RequestCache(self.recipe.out / "cache.sqlite") as cache:
             model = build_model(self.recipe.model, pages=corpus)
             cached, extractor, metric = self._parts(corpus, cache, model, False)
-            names = {"model": cached.name, "extraction": extractor.record,
-                     "scoring": metric.record}
+            names = Names(cached.name, extractor.record, metric.record)
             asyncio.run(_close(cached, extractor, metric))
         return names
 

@@ -43,7 +43,6 @@ from docthink.models.build import build_model
 from docthink.models.tasks import ShortAnswer
 from docthink.progress import progress
 from docthink.questions import PROMPTS
-from docthink.questions import extractive as ex
 from docthink.questions.contexts import Context, ContextSource, build_context
 from docthink.questions.embed import PageIndex, page_words
 from docthink.questions.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap

@@ -146,7 +146,7 @@ def make_questions(recipe: QuestionsRecipe, log: logging.Logger,
     shards = [Shard(i, tuple(doc_ids[s:s + size]), items_digest(plan, doc_ids[s:s + size]))
               for i, s in enumerate(range(0, len(doc_ids), size))]
     job.store.sweep()
-    pending = [s for s in shards if job.store.committed(s) is None]
+    pending = [s for s in shards if not job.store.done(s)]
     run_shards(recipe.executor, job, pending, workers=recipe.workers, show_progress=show_progress)
     committed = [job.store.get(s.index, s.digest) for s in shards]
     job.store.sweep(keep=len(committed))

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from itertools import chain
 from collections.abc import AsyncIterator, Iterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass, field
+from itertools import chain
 from pathlib import Path
 from typing import Any
 
@@ -179,7 +179,7 @@ def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool) ->
 
     def pending() -> Iterator[Shard[Question]]:
         for shard in shards:
-            if job.store.committed(shard) is None:
+            if not job.store.done(shard):
                 processed.append(shard.index)
                 yield shard
 

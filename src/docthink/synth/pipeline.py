@@ -6,7 +6,6 @@ records what was dropped and why."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
