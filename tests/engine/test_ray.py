@@ -96,8 +96,14 @@ def test_mmlongbench_exports_equal_the_local_executor(cluster, tmp_path: Path) -
 
 def _model_actors() -> list[psutil.Process]:
     """This cluster's model actors (its processes are this test process's descendants)."""
-    return [p for p in psutil.Process().children(recursive=True)
-            if "MapWorker(MapBatches(_ShardWorker))" in " ".join(p.cmdline())]
+    actors = []
+    for process in psutil.Process().children(recursive=True):
+        try:  # processes that exit meanwhile, or are exited and not yet reaped, are not actors
+            if "MapWorker(MapBatches(_ShardWorker))" in " ".join(process.cmdline()):
+                actors.append(process)
+        except psutil.Error:
+            continue
+    return actors
 
 
 def test_killed_model_actor_loses_and_duplicates_no_row(cluster, sample_corpus, pages, questions,
