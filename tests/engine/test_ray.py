@@ -19,13 +19,10 @@ import pytest
 import ray
 
 from tests.helpers import docthink
-from tests.synth.test_synth_server import (  # noqa: F401  (fixtures)
+from tests.synth.test_synth_server import (
     Teacher,
     _committed_qids,
     classify,
-    pages,
-    questions,
-    server,
     synth_args,
     table,
     write_recipe,

@@ -26,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import orjson
 import pyarrow as pa
@@ -165,15 +165,15 @@ def _fsync(path: Path) -> None:
         os.close(fd)
 
 
-def sum_counts(parts: Iterable[Mapping[str, object]]) -> dict[str, object]:
+def sum_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
     """Counts added up key by key; a nested mapping (a breakdown) is added up the same way."""
-    total: dict[str, object] = {}
+    total: dict[str, Any] = {}
     for counts in parts:
         for key, value in counts.items():
             if isinstance(value, Mapping):
-                total[key] = sum_counts([total.get(key, {}), value])  # type: ignore[list-item]
+                total[key] = sum_counts([total.get(key, {}), value])
             else:
-                total[key] = total.get(key, 0) + value  # type: ignore[operator]
+                total[key] = total.get(key, 0) + value
     return total
 
 

@@ -250,10 +250,10 @@ class OpenAICompatModel:
     async def _attempt(self, endpoint: _Endpoint, body: bytes) -> tuple[str, Usage]:
         endpoint.in_flight += 1
         try:
-            async with endpoint.slots:
-                async with endpoint.session().post(endpoint.url, data=body) as response:
-                    raw = await response.read()
-                    status, retry_after = response.status, response.headers.get("Retry-After")
+            async with endpoint.slots, endpoint.session().post(endpoint.url,
+                                                               data=body) as response:
+                raw = await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
         except TimeoutError:
             raise _Retryable("timeout") from None
         except aiohttp.ClientConnectorError as error:

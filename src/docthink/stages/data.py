@@ -120,7 +120,7 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
     result = synthesize(recipe, run.log, show_progress=True)
     card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe))
     counts = result.counts
-    dropped_by: dict[str, int] = counts["dropped"]  # type: ignore[assignment]
+    dropped_by: dict[str, int] = counts["dropped"]
     stages = Counter[str]()
     for key, n in dropped_by.items():
         stages[key.split(":", 1)[0]] += n

@@ -12,14 +12,14 @@ from docthink.synth.job import SynthSummary
 def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
     """The card of a run, from the counts added up over its shards (no row is read again)."""
     counts, usage = summary.counts, summary.usage
-    scores: dict[str, int] = summary.card["relevance"]  # type: ignore[assignment]
+    scores: dict[str, int] = summary.card["relevance"]
     bins = [f"{b}-{b + 1}" for b in range(10)]
     bar_chart("relevance score (after source floor)", bins,
               [scores[str(b)] for b in range(10)], out / "card_relevance.png")
-    lengths: dict[str, int] = summary.card["trace_pages"]  # type: ignore[assignment]
+    lengths: dict[str, int] = summary.card["trace_pages"]
     keys = sorted(lengths, key=int)
     bar_chart("pages per trace", keys, [lengths[k] for k in keys], out / "card_trace_pages.png")
-    placements: dict[str, int] = counts["placements"]  # type: ignore[assignment]
+    placements: dict[str, int] = counts["placements"]
     bar_chart("<cot> placement", list(placements), list(placements.values()),
               out / "card_placements.png")
     lines = [
@@ -41,11 +41,11 @@ def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
         "",
         "## Dropped, and why",
         "",
-        *count_table("stage: reason", counts["dropped"], "Nothing was dropped."),  # type: ignore[arg-type]
+        *count_table("stage: reason", counts["dropped"], "Nothing was dropped."),
         "",
         "## Answer branches",
         "",
-        *count_table("branch", counts["branches"], "No answers."),  # type: ignore[arg-type]
+        *count_table("branch", counts["branches"], "No answers."),
         "",
         "## Control-token placements",
         "",

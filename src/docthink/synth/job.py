@@ -159,8 +159,8 @@ class SynthJob:
 
 @dataclass(frozen=True)
 class SynthSummary:
-    counts: dict[str, object]  # the run's metrics (see `summary_counts`)
-    card: dict[str, object]  # what the data card draws besides the counts
+    counts: dict[str, Any]  # the run's metrics, as JSON (see `summary_counts`)
+    card: dict[str, Any]  # what the data card draws besides the counts, as JSON
     usage: dict[str, dict[str, object]]  # per stage, summed over every shard: what the data cost
     usage_now: dict[str, dict[str, object]]  # the same over the shards this run processed
     shards: dict[str, int]  # total, processed by this run, reused from an earlier one
