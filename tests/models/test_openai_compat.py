@@ -391,7 +391,8 @@ def test_an_endpoint_that_dies_is_taken_out_and_comes_back_when_healthy(
     """Of two endpoints, one is killed with requests in flight: they finish on the other, no new
     request goes to the dead one, and once a server answers its health check on that port again,
     it is back in the rotation."""
-    dying = OpenAIServer(lambda body: Reply(delay_s=0.3)).start()
+    # replies slower than any kill takes, however loaded the machine: no stranded request ends there
+    dying = OpenAIServer(lambda body: Reply(delay_s=3.0)).start()
     model = OpenAICompatModel(make_spec(server.url, dying.url, timeout_s=5.0, max_retries=3,
                                         health_interval_s=0.05))
 
