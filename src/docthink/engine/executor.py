@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # recipes import this module; pyarrow loads only where shards
     from docthink.engine.shards import Committed, Shard, ShardStore
 
 T = TypeVar("T")
+T_contra = TypeVar("T_contra", contravariant=True)  # a job takes shards of its rows
 S = TypeVar("S")
 
 
@@ -41,18 +42,18 @@ class ExecutorSpec(Recipe):
                               "mostly wait on the network)")
 
 
-class ShardJob(Protocol[T, S]):
+class ShardJob(Protocol[T_contra, S]):
     """A stage's work on one shard, runnable in this process or shipped to a worker (pickled)."""
 
     store: ShardStore  # where shards are committed
 
-    def prepare(self, shard: Shard[T], workers: int, show_progress: bool) -> None:
+    def prepare(self, shard: Shard[T_contra], workers: int, show_progress: bool) -> None:
         """CPU work before any model call (rendering the shard's pages into the corpus store)."""
 
     def session(self) -> AbstractAsyncContextManager[S]:
         """What a worker opens once and shares across shards: models, the request cache."""
 
-    async def process(self, shard: Shard[T], session: S, show_progress: bool) -> Committed:
+    async def process(self, shard: Shard[T_contra], session: S, show_progress: bool) -> Committed:
         """The stage functions over the shard's rows; the parts committed."""
 
 
@@ -71,6 +72,6 @@ def run_shards(spec: ExecutorSpec, job: ShardJob[T, S], shards: Iterable[Shard[T
 def executor_overrides(kind: str | None, address: str | None,
                        shard_size: int | None) -> dict[str, object] | None:
     """The `executor` section the command-line flags set (None: none given)."""
-    given = {k: v for k, v in {"kind": kind, "address": address, "shard_size": shard_size}.items()
+    given: dict[str, object] = {k: v for k, v in {"kind": kind, "address": address, "shard_size": shard_size}.items()
              if v is not None}
     return given or None

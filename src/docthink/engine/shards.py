@@ -34,16 +34,16 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from pydantic import BaseModel
 
-T = TypeVar("T")
+T_co = TypeVar("T_co", covariant=True)  # a shard of questions is a shard of objects
 
 # pyarrow's default maximum row group: the final tables keep the row groups pq.write_table makes.
 ROW_GROUP = 1024 * 1024
 
 
 @dataclass(frozen=True)
-class Shard(Generic[T]):
+class Shard(Generic[T_co]):
     index: int  # position in the run's order; parts merge by it
-    items: tuple[T, ...]
+    items: tuple[T_co, ...]
     digest: str  # of the plan and the items (see the module docstring)
 
 

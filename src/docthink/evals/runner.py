@@ -63,7 +63,13 @@ from docthink.evals.extract import (
 )
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PromptFile
-from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
+from docthink.evals.recipe import (
+    BenchmarkName,
+    EvalRecipe,
+    InferenceSettings,
+    Mode,
+    RescoreRecipe,
+)
 from docthink.evals.report import Questions, Report, build_report, write_report
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
@@ -383,7 +389,7 @@ class EvalSession:
 class EvalJob:
     """An eval run's work on one shard of rows (`engine.executor.ShardJob`)."""
 
-    def __init__(self, recipe: EvalRecipe, corpus: Path, benchmark: str) -> None:
+    def __init__(self, recipe: EvalRecipe, corpus: Path, benchmark: BenchmarkName) -> None:
         self.recipe = recipe
         self.corpus_root = corpus
         self.benchmark = benchmark

@@ -98,7 +98,7 @@ class QuestionsJob:
         made = await document_questions(self.recipe, session.corpus, shard.items, generator,
                                         judge, self.source, logging.getLogger(self.log),
                                         show_progress)
-        counts = {**made.counts(), "usage": {"judge": judge.usage.as_dict()}}
+        counts: dict[str, Any] = {**made.counts(), "usage": {"judge": judge.usage.as_dict()}}
         if generator is not None:
             counts["usage"] = {"generator": generator.usage.as_dict(), **counts["usage"]}
         names = {"writer": ex.WRITER_NAME if generator is None else generator.name,
