@@ -74,9 +74,9 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
             f"{tally(counts['by_context'])}; hard-negative gap {result.indexed.gap.as_dict()['gap']}"
             f"; {result.shards['total']} shards ({result.shards['reused']} reused); data card "
             f"{card}")
-    summary = {"counts": counts, "usage": result.usage, "writer": result.indexed.writer,
-               "judge": result.indexed.judge, "shards": result.shards,
-               "prompts": PROMPTS.hashes()}
+    summary: dict[str, object] = {
+        "counts": counts, "usage": result.usage, "writer": result.indexed.writer,
+        "judge": result.indexed.judge, "shards": result.shards, "prompts": PROMPTS.hashes()}
     return Outcome([line], [Written(result.path)], scalars(counts), summary, marks=[recipe.out])
 
 
