@@ -115,15 +115,21 @@ def free_port() -> int:
 
 
 class OpenAIServer:
-    def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None) -> None:
+    """`port`: listen there (a server started again where a killed one was)."""
+
+    def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None,
+                 port: int = 0) -> None:
         self.responder = responder or (lambda body: Reply())
         self.received: list[Received] = []
+        self.health_checks = 0  # GET /v1/models
         self.in_flight = 0
         self.max_in_flight = 0
         self._script: deque[Action] = deque()
+        self._transports: set[asyncio.BaseTransport] = set()
         self._loop = asyncio.new_event_loop()
         self._sock = socket.socket()
-        self._sock.bind(("127.0.0.1", 0))
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", port))
         self.port: int = self._sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self._thread = threading.Thread(target=self._loop.run_forever, daemon=True)
@@ -144,6 +150,15 @@ class OpenAIServer:
         asyncio.run_coroutine_threadsafe(self._serve(), self._loop).result(timeout=10)
         return self
 
+    def kill(self) -> None:
+        """Die as a killed server does: every open connection reset, the port closed."""
+        asyncio.run_coroutine_threadsafe(self._abort(), self._loop).result(timeout=10)
+        self.stop()
+
+    async def _abort(self) -> None:
+        for transport in list(self._transports):
+            transport.abort()
+
     def stop(self) -> None:
         asyncio.run_coroutine_threadsafe(self._runner.cleanup(), self._loop).result(timeout=10)
         self._loop.call_soon_threadsafe(self._loop.stop)
@@ -160,6 +175,7 @@ class OpenAIServer:
         self._release = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
         app.on_shutdown.append(lambda app: self._release_hung())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -171,7 +187,14 @@ class OpenAIServer:
         while self.in_flight:
             await asyncio.sleep(0.001)
 
+    async def _models(self, request: web.Request) -> web.Response:
+        self.health_checks += 1
+        return web.json_response({"object": "list", "data": [{"id": "test-model",
+                                                               "object": "model"}]})
+
     async def _chat(self, request: web.Request) -> web.StreamResponse:
+        assert request.transport is not None
+        self._transports.add(request.transport)
         body = orjson.loads(await request.read())
         self.received.append(Received(time.monotonic(), dict(request.headers), body))
         action = self._script.popleft() if self._script else self.responder(body)
@@ -181,6 +204,7 @@ class OpenAIServer:
             return await self._act(action, request, body["model"])
         finally:
             self.in_flight -= 1
+            self._transports.discard(request.transport)
 
     async def _act(self, action: Action, request: web.Request, model: str) -> web.StreamResponse:
         match action:

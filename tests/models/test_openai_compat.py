@@ -383,3 +383,42 @@ def test_the_api_key_is_sent_but_never_leaks(
     for text in texts:
         assert KEY not in text
     assert KEY.encode() not in db_bytes
+
+
+def test_an_endpoint_that_dies_is_taken_out_and_comes_back_when_healthy(
+    server: OpenAIServer,
+) -> None:
+    """Of two endpoints, one is killed with requests in flight: they finish on the other, no new
+    request goes to the dead one, and once a server answers its health check on that port again,
+    it is back in the rotation."""
+    # replies slower than any kill takes, however loaded the machine: no stranded request ends there
+    dying = OpenAIServer(lambda body: Reply(delay_s=3.0)).start()
+    model = OpenAICompatModel(make_spec(server.url, dying.url, timeout_s=5.0, max_retries=3,
+                                        health_interval_s=0.05))
+
+    async def scenario() -> tuple[list[ChatResult], set[str], int, OpenAIServer]:
+        first = [asyncio.create_task(model.complete(ask(f"a{i}"))) for i in range(40)]
+        while dying.in_flight < 5:
+            await asyncio.sleep(0.005)
+        stranded = {r.last_text() for r in dying.received}
+        await asyncio.to_thread(dying.kill)
+        results = list(await asyncio.gather(*first))
+        retries = model.usage.retries
+        results += await asyncio.gather(*(model.complete(ask(f"b{i}")) for i in range(20)))
+        retries_while_down = model.usage.retries - retries
+        revived = await asyncio.to_thread(OpenAIServer(port=dying.port).start)
+        while revived.health_checks < 2:
+            await asyncio.sleep(0.01)
+        results += await asyncio.gather(*(model.complete(ask(f"c{i}")) for i in range(20)))
+        await model.aclose()
+        return results, stranded, retries_while_down, revived
+
+    results, stranded, retries_while_down, revived = asyncio.run(scenario())
+    try:
+        assert [r.text for r in results] == ["ok"] * 80
+        assert stranded and stranded <= {r.last_text() for r in server.received}
+        assert retries_while_down == 0  # taken out: nothing was sent to it, so nothing retried
+        back = {r.last_text() for r in revived.received}
+        assert back and all(text.startswith("c") for text in back)
+    finally:
+        revived.stop()

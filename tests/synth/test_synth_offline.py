@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -98,6 +99,18 @@ def test_rerun_sends_no_request_twice(sample_corpus, tmp_path: Path) -> None:
     synth(corpus, questions, tmp_path / "out")
     assert (tmp_path / "out" / "examples.jsonl").read_bytes() == first
     registry = Registry(Path(__import__("os").environ["DOCTHINK_REGISTRY"]))
-    second = json.loads((Path(registry.list(kind="synth")[0].run_dir) / "summary.json").read_text())
-    usage = second["usage"]
+
+    def last_summary() -> dict:
+        run_dir = Path(registry.list(kind="synth")[0].run_dir)
+        return json.loads((run_dir / "summary.json").read_text())
+
+    second = last_summary()  # every shard was committed: nothing is asked at all
+    assert second["shards"] == {"total": 1, "processed": 0, "reused": 1}
+    assert all(u["requests"] == 0 for u in second["usage"].values()), second["usage"]
+    assert all(u["requests"] > 0 for u in second["data_usage"].values())  # the data's cost
+    # without its shards, the run is redone from the request cache alone
+    shutil.rmtree(tmp_path / "out" / "shards")
+    synth(corpus, questions, tmp_path / "out")
+    assert (tmp_path / "out" / "examples.jsonl").read_bytes() == first
+    usage = last_summary()["usage"]
     assert all(u["cache_hits"] == u["requests"] > 0 for u in usage.values()), usage

@@ -446,3 +446,64 @@ def test_resume_after_sigkill_resends_nothing_that_finished(
     resumed, straight = files(tmp_path / "resumed-trl"), files(tmp_path / "straight-trl")
     assert resumed == straight and "train.parquet" in resumed
     assert sum(name.startswith("images/") for name in resumed) > 0
+
+
+def _committed_qids(out: Path) -> set[str]:
+    """The questions of the shards whose marker is in place (read from their parts)."""
+    qids = set()
+    for marker in (out / "shards").glob("[0-9]*.json"):
+        folder = out / "shards" / json.loads(marker.read_text())["folder"]
+        qids |= {row["qid"] for row in table(folder / "evidence.parquet")}
+    return qids
+
+
+def test_killed_driver_resumes_from_committed_shards(
+    sample_corpus, pages, questions, server, tmp_path: Path
+) -> None:
+    """SIGKILL of `docthink synth` once two shards are committed: the rerun sends no request of a
+    committed shard again (counted at the server), resends at most what was in flight, and ends
+    with the same bytes as a run never interrupted."""
+    corpus, questions_path = sample_corpus
+    concurrency = 4
+    teacher = Teacher(pages, delay_s=0.02)
+    server.responder = teacher
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=concurrency,
+                          executor={"shard_size": 2})
+    out = tmp_path / "resumed"
+    command = [sys.executable, "-m", "docthink.cli", *map(str, synth_args(
+        corpus, questions_path, out, recipe))]
+    with (tmp_path / "first.log").open("wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 60
+        while not (out / "shards" / "000001.json").exists() and time.monotonic() < deadline:
+            assert process.poll() is None, (tmp_path / "first.log").read_text()
+            time.sleep(0.005)
+        os.kill(process.pid, signal.SIGKILL)
+        assert process.wait() == -signal.SIGKILL
+    time.sleep(0.2)  # let the server finish handling what was in flight
+    committed = _committed_qids(out)
+    assert 4 <= len(committed) < len(questions)  # two shards of two questions, maybe a third
+    first = classify(list(server.received), pages)
+    server.received.clear()
+
+    docthink(*synth_args(corpus, questions_path, out, recipe))
+    second = classify(list(server.received), pages)
+    qid_of = {q.text: q.qid for q in questions.values()}
+    assert second and not {s.question for s in second if qid_of[s.question] in committed}
+    again = {json.dumps(s.body, sort_keys=True) for s in first} & {
+        json.dumps(s.body, sort_keys=True) for s in second}
+    assert len(again) <= concurrency  # only what was in flight at the kill
+    summary = json.loads(max((out.parent / "runs").glob("*-synth-*")).joinpath(
+        "summary.json").read_text())
+    assert summary["shards"]["reused"] == len(committed) // 2 and summary["shards"]["total"] == 4
+
+    teacher.delay_s = 0.0
+    docthink(*synth_args(corpus, questions_path, tmp_path / "straight", recipe))
+    for name in ("evidence.parquet", "traces.parquet", "answers.parquet", "dropped.jsonl",
+                 "examples.jsonl"):
+        assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
+    # the killed attempt's unfinished folder was swept: one marker and one folder per shard
+    markers = sorted((out / "shards").glob("*.json"))
+    assert [p.name for p in markers] == [f"{i:06d}.json" for i in range(4)]
+    assert sorted(p.name for p in (out / "shards").iterdir() if p.is_dir()) == sorted(
+        json.loads(p.read_text())["folder"] for p in markers)

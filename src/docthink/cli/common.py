@@ -81,6 +81,14 @@ SeedOpt = Annotated[int | None, typer.Option(help="seed of every random choice")
 PrintRecipe = Annotated[
     bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
 ]
+ExecutorOpt = Annotated[str | None, typer.Option(
+    "--executor", help="where shards run: local (this process) or ray (a Ray cluster; "
+    "pip install 'docthink[ray]') [default: local]")]
+RayAddressOpt = Annotated[str | None, typer.Option(
+    "--ray-address", help="the Ray cluster to join (host:port, ray://host:10001 or auto); "
+    "default: one started for the run on this machine")]
+ShardSizeOpt = Annotated[int | None, typer.Option(
+    "--shard-size", help="questions per shard (documents per shard for `questions`) [128]")]
 RegistryOpt = Annotated[
     Path | None,
     typer.Option(help="registry file [default: $DOCTHINK_REGISTRY or runs/registry.sqlite]"),

@@ -10,17 +10,21 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    ExecutorOpt,
     PrintRecipe,
+    RayAddressOpt,
     RecipeOpt,
     RegistryOpt,
     RunsDir,
     SeedOpt,
+    ShardSizeOpt,
     _print_or_run,
     _run,
     _say,
     app,
 )
 from docthink.corpus.recipe import IngestRecipe
+from docthink.engine.executor import executor_overrides
 from docthink.export import ExportRecipe
 from docthink.recipe import load_recipe
 from docthink.stages import STAGES
@@ -78,12 +82,16 @@ def synth(
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     recipe: RecipeOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Corpus + questions -> page evidence -> <think> traces -> answers -> SFT examples."""
-    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
+    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed,
+                 "executor": executor_overrides(executor, ray_address, shard_size)}
     _print_or_run(STAGES["synth"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"corpus": "CORPUS", "questions": "QUESTIONS.jsonl",
                                 "out": "RUN_DIR"},
@@ -152,13 +160,17 @@ def questions(
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     recipe: RecipeOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Corpus -> single-page, multi-page and unanswerable questions in long contexts
     (questions.jsonl, the input of `docthink synth`)."""
-    overrides = {"corpus": corpus, "out": out, "seed": seed}
+    overrides = {"corpus": corpus, "out": out, "seed": seed,
+                 "executor": executor_overrides(executor, ray_address, shard_size)}
     _print_or_run(STAGES["questions"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"corpus": "CORPUS", "out": "RUN_DIR"}, runs_dir=runs_dir,
                   registry=registry)

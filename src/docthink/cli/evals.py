@@ -8,10 +8,13 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    ExecutorOpt,
     PrintRecipe,
+    RayAddressOpt,
     RecipeOpt,
     RegistryOpt,
     RunsDir,
+    ShardSizeOpt,
     _print_or_run,
     _run,
     app,
@@ -67,11 +70,15 @@ def eval_run(
     scoring_judge_name: ScoringJudgeName = None,
     scoring_prompt: ScoringPrompt = None,
     concurrency: Annotated[int | None, typer.Option(help="requests in flight")] = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
+    from docthink.engine.executor import executor_overrides
     from docthink.evals.recipe import eval_overrides
 
     overrides = eval_overrides(
@@ -81,7 +88,7 @@ def eval_run(
         model_name=model_name, judge_url=judge_url, judge_name=judge_name,
         extract_prompt=extract_prompt, scoring_judge_url=scoring_judge_url,
         scoring_judge_name=scoring_judge_name, scoring_prompt=scoring_prompt,
-        concurrency=concurrency,
+        concurrency=concurrency, executor=executor_overrides(executor, ray_address, shard_size),
     )
     _print_or_run(STAGES["eval"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"data": "samples.json", "documents": "DOCUMENTS",

@@ -1,5 +1,7 @@
-"""The local executor: sends a stage's requests through a `ChatModel` with bounded concurrency,
-in the given order, and returns one outcome per request (a result or the failure's reason).
+"""The local executor. `run_requests` sends a stage's requests through a `ChatModel` with bounded
+concurrency, in the given order, and returns one outcome per request (a result or the failure's
+reason); `run_locally` runs a stage's shards one after the other in this process (see
+`engine.executor`).
 
 Requests are started in list order by a fixed pool of workers, so callers control what is
 issued together (evidence requests sharing an image, for the server's prefix cache). A failure
@@ -8,9 +10,17 @@ is a per-row record, never a crash of the run."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, TypeVar
 
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, RequestFailed, RequestFailure
+
+if TYPE_CHECKING:
+    from docthink.engine.executor import ShardJob
+    from docthink.engine.shards import Shard
+
+T = TypeVar("T")
+S = TypeVar("S")
 
 
 async def run_requests(
@@ -38,3 +48,20 @@ async def run_requests(
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
     return [outcomes[i] for i in range(len(requests))]
+
+
+def run_locally(job: ShardJob[T, S], shards: Iterable[Shard[T]], *, workers: int,
+                show_progress: bool) -> int:
+    """Each shard in turn: its pages rendered by `workers` processes, then its model calls on one
+    event loop shared by every shard (the models and their connections stay open)."""
+
+    async def main() -> int:
+        done = 0
+        async with job.session() as session:
+            for shard in shards:
+                job.prepare(shard, workers, show_progress)
+                await job.process(shard, session, show_progress)
+                done += 1
+        return done
+
+    return asyncio.run(main())

@@ -13,15 +13,16 @@ set is refused (`JudgeRequired`) before anything runs; nothing falls back to V1'
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.evals.data import Benchmark, load_benchmark, load_v2
 from docthink.evals.judge import DEFAULT_JUDGE_PROMPT, JudgeMetric, JudgeScoring
 from docthink.evals.metrics import V1_BREAKDOWNS, V2_BREAKDOWNS, Answer, Scored
-from docthink.evals.prompt import PromptFile
+from docthink.evals.prompt import JudgeRecord, PromptFile
 from docthink.evals.recipe import BenchmarkName, ScoringSettings
 from docthink.evals.scoring import score
 from docthink.models.base import UsageMeter
@@ -70,6 +71,12 @@ class RulesScoring:
 
 
 Scoring = RulesScoring | JudgeScoring
+
+
+def scoring_from_json(data: Mapping[str, Any]) -> Scoring:
+    """The record back from its `to_json` (a shard part keeps it)."""
+    return RulesScoring() if data["metric"] == "rules" else JudgeScoring(
+        JudgeRecord.from_json(data))
 
 
 class RulesMetric:

@@ -16,8 +16,9 @@ Two extractors, one interface (`Extraction` per response):
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from docthink.core.vocab import NOT_ANSWERABLE, THINK_CLOSE, THINK_OPEN
 from docthink.engine.local import run_requests
@@ -170,6 +171,12 @@ class LLMExtraction:
 
 
 ExtractionMethod = RuleExtraction | LLMExtraction
+
+
+def extraction_from_json(data: Mapping[str, Any]) -> ExtractionMethod:
+    """The record back from its `to_json` (a shard part keeps it)."""
+    return RuleExtraction() if data["method"] == "rule" else LLMExtraction(
+        JudgeRecord.from_json(data))
 
 
 class RuleExtractor:

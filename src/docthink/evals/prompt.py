@@ -4,8 +4,10 @@ written and named in reports by file name and sha256, so a score says which prom
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 PROMPT_DIR = Path(__file__).parent / "prompts"
 
@@ -42,3 +44,7 @@ class JudgeRecord:
     def to_json(self) -> dict[str, object]:
         return {"judge": self.model, "prompt": self.prompt, "prompt_sha256": self.prompt_sha256,
                 "max_tokens": self.max_tokens}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> JudgeRecord:
+        return cls(data["judge"], data["prompt"], data["prompt_sha256"], data["max_tokens"])

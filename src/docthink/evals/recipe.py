@@ -10,6 +10,7 @@ from typing import Literal
 from pydantic import Field, FilePath, field_validator, model_validator
 
 from docthink.corpus.policy import RenderPolicy
+from docthink.engine.executor import ExecutorSpec
 from docthink.models.specs import ModelSpec, ServedModelSpec, TeacherSpec
 from docthink.recipe import Recipe
 
@@ -136,6 +137,9 @@ class EvalRecipe(Recipe):
     scoring: ScoringSettings = Field(default_factory=ScoringSettings)
     concurrency: int = Field(32, ge=1, description="requests in flight")
     workers: int = Field(2, ge=1, description="ingest and render processes")
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec, description="where shards of questions run, and their size"
+    )
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalRecipe:
@@ -203,6 +207,7 @@ def eval_overrides(
     scoring_judge_name: str | None = None,
     scoring_prompt: Path | None = None,
     concurrency: int | None = None,
+    executor: dict[str, object] | None = None,
 ) -> dict[str, object]:
     """Command-line flags as a nested recipe override (flags win over the recipe file)."""
     judge = endpoint(judge_url, judge_name)
@@ -216,6 +221,7 @@ def eval_overrides(
         "extract": {"method": "llm" if judge else None, "judge": judge,
                     "prompt": extract_prompt},
         "scoring": scoring_overrides(scoring_judge_url, scoring_judge_name, scoring_prompt),
+        "executor": executor,
     })
 
 

@@ -14,9 +14,12 @@ import asyncio
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from itertools import chain
 from pathlib import Path
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
@@ -26,24 +29,52 @@ from docthink.core.vocab import COT
 from docthink.corpus.corpus import Corpus, Document, RenderError
 from docthink.corpus.ingest import ingest
 from docthink.corpus.policy import RenderPolicy
+from docthink.engine.executor import run_shards
 from docthink.engine.local import run_requests
-from docthink.evals.benchmarks import BENCHMARKS, Metric, build_metric, require_judge
+from docthink.engine.shards import (
+    Committed,
+    Shard,
+    ShardStore,
+    concatenated_lines,
+    items_digest,
+    plan_digest,
+    sum_counts,
+    write_atomically,
+    write_lines,
+)
+from docthink.evals.benchmarks import (
+    BENCHMARKS,
+    Metric,
+    Scoring,
+    build_metric,
+    require_judge,
+    scoring_from_json,
+)
 from docthink.evals.compare import compare_with_v1
 from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
 from docthink.evals.extract import (
     DEFAULT_PROMPT,
     Extraction,
+    ExtractionMethod,
     Extractor,
     JudgeExtractor,
     RuleExtractor,
+    extraction_from_json,
 )
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PromptFile
-from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
+from docthink.evals.recipe import (
+    BenchmarkName,
+    EvalRecipe,
+    InferenceSettings,
+    Mode,
+    RescoreRecipe,
+)
 from docthink.evals.report import Questions, Report, build_report, write_report
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
 from docthink.models.cache import CachedModel, RequestCache
+from docthink.models.tasks import JudgeVerdict
 from docthink.progress import progress
 
 
@@ -277,53 +308,184 @@ def _settings(recipe: EvalRecipe) -> dict[str, object]:
 
 
 def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
+    """The selected rows in shards of `executor.shard_size`, run where the recipe's executor
+    says (pages rendered, questions asked, answers extracted and scored, committed as parts);
+    predictions and the report are merged from the parts, in the order of an unsharded run (each
+    mode in turn, rows in selection order)."""
     kind = BENCHMARKS[recipe.benchmark]
     require_judge(kind, recipe.scoring)  # refused before anything runs
     benchmark = kind.load(recipe.data)
     recipe.out.mkdir(parents=True, exist_ok=True)
     corpus, selection = _select(recipe, benchmark, show_progress)
     skipped = dict(selection.skipped)
-    wanted = {r.doc_id for r in selection.rows}
-    cache_path = recipe.out / "cache.sqlite"
-    with corpus, RequestCache(cache_path) as cache:
-        unusable = {d: why for d in wanted if (why := _unusable(corpus, d)) is not None}
-        usable_docs = wanted - unusable.keys()
-        images, unrendered = page_images(corpus, usable_docs, recipe.inference, recipe.workers,
-                                         show_progress)
-        unusable |= unrendered
-        rows = [r for r in selection.rows if r.doc_id not in unusable]
-        skipped |= {r.index: unusable[r.doc_id] for r in selection.rows if r.doc_id in unusable}
-        jobs = [
-            (row, mode, answer_request(row.question, mode, images[row.doc_id], recipe.inference))
-            for mode in recipe.inference.modes
-            for row in rows
-        ]
-        model = CachedModel(build_model(recipe.model, pages=corpus), cache)
-        extractor = _extractor(recipe, corpus, cache, show_progress)
-        metric = build_metric(kind, recipe.scoring, cache_path, concurrency=recipe.concurrency,
-                              show_progress=show_progress)
-        predictions = asyncio.run(_answer_extract_score(recipe, model, extractor, metric, jobs,
-                                                        show_progress))
-        usage = {"model": model.usage.as_dict(),
-                 "judge": extractor.judge.usage.as_dict()
-                 if isinstance(extractor, JudgeExtractor) else None,
-                 "scoring": None if metric.usage is None else metric.usage.as_dict()}
+    with corpus:
+        unusable = {d: why for d in {r.doc_id for r in selection.rows}
+                    if (why := _unusable(corpus, d)) is not None}
+    rows = [r for r in selection.rows if r.doc_id not in unusable]
+    skipped |= {r.index: unusable[r.doc_id] for r in selection.rows if r.doc_id in unusable}
+    job = EvalJob(recipe, corpus.layout.root, kind.name)
+    plan, size = plan_digest(recipe), recipe.executor.shard_size
+    shards = [Shard(i, tuple(rows[start:start + size]), items_digest(plan, rows[start:start + size]))
+              for i, start in enumerate(range(0, len(rows), size))]
+    job.store.sweep()
+    run_shards(recipe.executor, job, [s for s in shards if not job.store.done(s)],
+               workers=recipe.workers, show_progress=show_progress)
+    committed = [job.store.get(s.index, s.digest) for s in shards]
+    job.store.sweep(keep=len(committed))
+    zero: dict[str, object] = {"evaluated": 0, "usage": {}}
+    totals: dict[str, Any] = sum_counts([zero, *(c.counts for c in committed)])
+    for c in committed:  # rows of documents that would not render
+        unrendered = json.loads((c.folder / "skipped.json").read_text(encoding="utf-8"))
+        skipped |= {int(index): why for index, why in unrendered.items()}
     predictions_path = recipe.out / "predictions.jsonl"
-    write_predictions(predictions, predictions_path)
+    write_atomically(chain.from_iterable(
+        concatenated_lines(c.folder / f"predictions-{mode}.jsonl" for c in committed)
+        for mode in recipe.inference.modes), predictions_path)
+    by_index = benchmark.by_index()
+    names = job.names(committed[0].folder if committed else None)
     report = build_report(
         kind=kind,
         data=benchmark,
-        scored={mode: [p.scored for p in predictions if p.answer.mode == mode]
-                for mode in recipe.inference.modes},
+        scored={mode: [scored_from_json(line, by_index) for line in concatenated_lines(
+            c.folder / f"scored-{mode}.jsonl" for c in committed)]
+            for mode in recipe.inference.modes},
         seed=recipe.seed,
-        questions=Questions.of(len(rows), skipped),
-        model=model.name,
-        extraction=extractor.record,
-        scoring=metric.record,
+        questions=Questions.of(totals["evaluated"], skipped),
+        model=names.model,
+        extraction=names.extraction,
+        scoring=names.scoring,
         settings=_settings(recipe),
     )
     files = write_report(report, recipe.out / "report.json")
+    usage = {role: totals["usage"].get(role) for role in ("model", "judge", "scoring")}
     return EvalResult(report, predictions_path, files, usage, benchmark.files())
+
+
+@dataclass(frozen=True, slots=True)
+class Names:
+    """Who answered, extracted and scored: what the report names."""
+
+    model: str
+    extraction: ExtractionMethod
+    scoring: Scoring
+
+    def to_json(self) -> dict[str, object]:
+        return {"model": self.model, "extraction": self.extraction.to_json(),
+                "scoring": self.scoring.to_json()}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> Names:
+        return cls(data["model"], extraction_from_json(data["extraction"]),
+                   scoring_from_json(data["scoring"]))
+
+
+@dataclass(frozen=True)
+class EvalSession:
+    corpus: Corpus
+    cache: RequestCache
+    model: ChatModel  # the evaluated model, shared by the shards a worker runs
+
+
+class EvalJob:
+    """An eval run's work on one shard of rows (`engine.executor.ShardJob`)."""
+
+    def __init__(self, recipe: EvalRecipe, corpus: Path, benchmark: BenchmarkName) -> None:
+        self.recipe = recipe
+        self.corpus_root = corpus
+        self.benchmark = benchmark
+        self.store = ShardStore(recipe.out / "shards")
+
+    def prepare(self, shard: Shard[BenchRow], workers: int, show_progress: bool) -> None:
+        with Corpus.open(self.corpus_root) as corpus:
+            page_images(corpus, {r.doc_id for r in shard.items}, self.recipe.inference, workers,
+                        show_progress)
+
+    @asynccontextmanager
+    async def session(self) -> AsyncIterator[EvalSession]:
+        with Corpus.open(self.corpus_root) as corpus, \
+                RequestCache(self.recipe.out / "cache.sqlite") as cache:
+            model = build_model(self.recipe.model, pages=corpus)
+            try:
+                yield EvalSession(corpus, cache, model)
+            finally:
+                await model.aclose()
+
+    def _parts(self, corpus: Corpus, cache: RequestCache, model: ChatModel,
+               show_progress: bool) -> tuple[CachedModel, Extractor, Metric]:
+        kind = BENCHMARKS[self.benchmark]
+        return (CachedModel(model, cache), _extractor(self.recipe, corpus, cache, show_progress),
+                build_metric(kind, self.recipe.scoring, self.recipe.out / "cache.sqlite",
+                             concurrency=self.recipe.concurrency, show_progress=show_progress))
+
+    async def process(self, shard: Shard[BenchRow], session: EvalSession,
+                      show_progress: bool) -> Committed:
+        recipe = self.recipe
+        images, unrendered = page_images(session.corpus, {r.doc_id for r in shard.items},
+                                         recipe.inference, 1, False)
+        rows = [r for r in shard.items if r.doc_id not in unrendered]
+        jobs = [(row, mode, answer_request(row.question, mode, images[row.doc_id],
+                                           recipe.inference))
+                for mode in recipe.inference.modes for row in rows]
+        model, extractor, metric = self._parts(session.corpus, session.cache, session.model,
+                                               show_progress)
+        names = Names(model.name, extractor.record, metric.record)
+        predictions = await _answer_extract_score(recipe, model, extractor, metric, jobs,
+                                                  show_progress)
+        usage = {"model": model.usage.as_dict()}
+        if isinstance(extractor, JudgeExtractor):
+            usage["judge"] = extractor.judge.usage.as_dict()
+        if metric.usage is not None:
+            usage["scoring"] = metric.usage.as_dict()
+        counts = {"evaluated": len(rows), "usage": usage}
+        skipped = {r.index: unrendered[r.doc_id] for r in shard.items if r.doc_id in unrendered}
+
+        def write(folder: Path) -> dict[str, object]:
+            for mode in recipe.inference.modes:
+                mine = [p for p in predictions if p.answer.mode == mode]
+                write_lines((json.dumps(p.to_json(), ensure_ascii=False) for p in mine),
+                            folder / f"predictions-{mode}.jsonl")
+                write_lines((scored_json(p.scored) for p in mine), folder / f"scored-{mode}.jsonl")
+            (folder / "names.json").write_text(json.dumps(names.to_json()), encoding="utf-8")
+            (folder / "skipped.json").write_text(json.dumps(skipped), encoding="utf-8")
+            return counts
+
+        return self.store.commit(shard, write)
+
+    def names(self, folder: Path | None) -> Names:
+        """Who answered, extracted and scored, as a shard recorded it; with no shard run, from
+        the models the recipe names (built, asked nothing)."""
+        if folder is not None:
+            return Names.from_json(json.loads((folder / "names.json").read_text(encoding="utf-8")))
+        with Corpus.open(self.corpus_root) as corpus, \
+                RequestCache(self.recipe.out / "cache.sqlite") as cache:
+            model = build_model(self.recipe.model, pages=corpus)
+            cached, extractor, metric = self._parts(corpus, cache, model, False)
+            names = Names(cached.name, extractor.record, metric.record)
+            asyncio.run(_close(cached, extractor, metric))
+        return names
+
+
+async def _close(model: ChatModel, extractor: Extractor, metric: Metric) -> None:
+    await model.aclose()
+    await extractor.aclose()
+    await metric.aclose()
+
+
+def scored_json(scored: Scored) -> str:
+    """A scored row as a shard part keeps it (the row by its index)."""
+    return json.dumps({
+        "index": scored.row.index, "pred": scored.pred, "score": scored.score,
+        "output_tokens": scored.output_tokens, "failure": scored.failure,
+        "answered": scored.answered,
+        "judged": None if scored.judged is None else scored.judged.model_dump(mode="json"),
+    }, ensure_ascii=False)
+
+
+def scored_from_json(line: str, rows: Mapping[int, BenchRow]) -> Scored:
+    data = json.loads(line)
+    judged = None if data["judged"] is None else JudgeVerdict.model_validate(data["judged"])
+    return Scored(rows[data["index"]], data["pred"], data["score"], data["output_tokens"],
+                  data["failure"], answered=data["answered"], judged=judged)
 
 
 def _extractor(recipe: EvalRecipe, corpus: Corpus, cache: RequestCache,

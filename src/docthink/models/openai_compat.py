@@ -7,13 +7,18 @@ which would make the client the limit of a vLLM fleet; this transport sends seve
 response.
 
 Behaviour: client-side load balancing over the spec's endpoints (least in flight relative to
-`max_concurrency`, round-robin among ties; an endpoint that refuses connections is skipped for
-`max_backoff_s`), at most `max_concurrency` requests in flight per endpoint, a timeout per attempt,
+`max_concurrency`, round-robin among ties), at most `max_concurrency` requests in flight per
+endpoint, a timeout per attempt,
 retries with exponential backoff and jitter on transport errors, 429 and 5xx (Retry-After honoured
 on 429/503, capped by `max_backoff_s`; a retry prefers another endpoint), no retry on other 4xx.
 Structured output is requested as a strict json_schema and validated with pydantic; output that
 does not validate is sent back with the error and asked again, at most `max_validation_retries`
 times. `complete` returns a `ChatResult` or raises `RequestFailed`; nothing else.
+
+A fleet (several endpoints) is watched: every `health_interval_s` each endpoint is asked for its
+model list (`GET base_url/models`, as vLLM, SGLang and OpenAI serve it). An endpoint that fails a
+check, refuses a connection or drops one is taken out: it gets no new request (its in-flight ones
+fail over to the others through the retries above) until it passes a check again.
 """
 
 from __future__ import annotations
@@ -63,7 +68,7 @@ class _Endpoint:
     timeout: aiohttp.ClientTimeout
     slots: asyncio.Semaphore
     in_flight: int = 0  # waiting for a slot or sending
-    down_until: float = 0.0  # monotonic time until which it is skipped (refused connections)
+    healthy: bool = True  # False: out of the rotation until a health check passes
     _session: aiohttp.ClientSession | None = field(default=None, repr=False)
 
     def session(self) -> aiohttp.ClientSession:
@@ -74,6 +79,10 @@ class _Endpoint:
                 connector=connector, headers=self.headers, timeout=self.timeout
             )
         return self._session
+
+    @property
+    def health_url(self) -> str:
+        return self.spec.base_url.rstrip("/") + "/models"
 
     def load(self) -> float:
         return self.in_flight / self.spec.max_concurrency
@@ -96,12 +105,16 @@ class OpenAICompatModel:
         self._endpoints = [_endpoint(e, timeout) for e in spec.endpoints]
         self._keys = [k for k in map(_api_key, spec.endpoints) if k]
         self._next = 0  # round-robin position among equally loaded endpoints
+        self._watch: asyncio.Task[None] | None = None  # health checks of a fleet
+        self._probes: aiohttp.ClientSession | None = None  # apart: a busy endpoint's pool is full
 
     def __repr__(self) -> str:
         urls = ", ".join(e.url for e in self._endpoints)
         return f"OpenAICompatModel(model={self.name!r}, endpoints=[{urls}])"
 
     async def complete(self, request: ChatRequest) -> ChatResult:
+        if len(self._endpoints) > 1 and (self._watch is None or self._watch.done()):
+            self._watch = asyncio.get_running_loop().create_task(self._watch_health())
         try:
             result = await self._complete(request, time.perf_counter())
         except RequestFailed as failure:
@@ -111,8 +124,45 @@ class OpenAICompatModel:
         return result
 
     async def aclose(self) -> None:
+        if self._watch is not None:
+            self._watch.cancel()
+            self._watch = None
+        if self._probes is not None:
+            await self._probes.close()
+            self._probes = None
         for endpoint in self._endpoints:
             await endpoint.close()
+
+    async def _watch_health(self) -> None:
+        while True:
+            await asyncio.sleep(self.spec.health_interval_s)
+            checks = await asyncio.gather(*(self._probe(e) for e in self._endpoints))
+            for endpoint, (healthy, why) in zip(self._endpoints, checks, strict=True):
+                if healthy and not endpoint.healthy:
+                    log.warning("%s: %s passed its health check: back in the rotation",
+                                self.name, endpoint.spec.base_url)
+                    endpoint.healthy = True
+                elif not healthy:
+                    self._take_out(endpoint, f"health check: {why}")
+
+    async def _probe(self, endpoint: _Endpoint) -> tuple[bool, str]:
+        if self._probes is None:
+            self._probes = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=self.spec.health_timeout_s))
+        try:
+            async with self._probes.get(endpoint.health_url, headers=endpoint.headers) as response:
+                await response.read()
+                return response.status == 200, f"http {response.status}"
+        except TimeoutError:
+            return False, "timeout"
+        except (aiohttp.ClientError, OSError) as error:
+            return False, self._redact(f"{type(error).__name__}: {error}")
+
+    def _take_out(self, endpoint: _Endpoint, why: str) -> None:
+        if endpoint.healthy and len(self._endpoints) > 1:
+            log.warning("%s: %s taken out of the rotation (%s)", self.name,
+                        endpoint.spec.base_url, why)
+            endpoint.healthy = False
 
     async def _complete(self, request: ChatRequest, started: float) -> ChatResult:
         messages = self._messages(request)
@@ -191,8 +241,7 @@ class OpenAICompatModel:
     def _choose(self, avoid: _Endpoint | None) -> _Endpoint:
         if len(self._endpoints) == 1:
             return self._endpoints[0]
-        now = time.monotonic()
-        up = [e for e in self._endpoints if e.down_until <= now] or self._endpoints
+        up = [e for e in self._endpoints if e.healthy] or self._endpoints
         candidates = [e for e in up if e is not avoid] or up
         self._next += 1
         start = self._next % len(candidates)
@@ -201,15 +250,18 @@ class OpenAICompatModel:
     async def _attempt(self, endpoint: _Endpoint, body: bytes) -> tuple[str, Usage]:
         endpoint.in_flight += 1
         try:
-            async with endpoint.slots:
-                async with endpoint.session().post(endpoint.url, data=body) as response:
-                    raw = await response.read()
-                    status, retry_after = response.status, response.headers.get("Retry-After")
+            async with endpoint.slots, endpoint.session().post(endpoint.url,
+                                                               data=body) as response:
+                raw = await response.read()
+                status, retry_after = response.status, response.headers.get("Retry-After")
         except TimeoutError:
             raise _Retryable("timeout") from None
         except aiohttp.ClientConnectorError as error:
-            endpoint.down_until = time.monotonic() + self.spec.max_backoff_s
+            self._take_out(endpoint, self._redact(f"connection: {error}"))
             raise _Retryable(f"connection: {error}") from None
+        except (aiohttp.ServerDisconnectedError, aiohttp.ClientOSError) as error:
+            self._take_out(endpoint, f"connection: {type(error).__name__}")
+            raise _Retryable(f"connection: {type(error).__name__}: {error}") from None
         except (aiohttp.ClientError, OSError) as error:
             raise _Retryable(f"connection: {type(error).__name__}: {error}") from None
         finally:

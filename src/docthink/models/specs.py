@@ -41,6 +41,12 @@ class OpenAIModelSpec(_Spec):
     max_validation_retries: int = Field(
         2, ge=0, description="re-asks when structured output does not parse or validate"
     )
+    health_interval_s: float = Field(
+        5.0, gt=0, description="several endpoints: seconds between health checks (GET "
+        "base_url/models); one that fails a check or drops a connection gets no request until "
+        "it passes one"
+    )
+    health_timeout_s: float = Field(5.0, gt=0, description="a health check slower than this fails")
 
 
 class TeacherSpec(_Spec):

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from docthink.cards import bar_chart, count_table, usage_table
-from docthink.questions.generate import QuestionsResult
+from docthink.questions.job import QuestionsSummary
 from docthink.questions.recipe import ContextSettings
 from docthink.questions.tasks import TasksResult
 
@@ -57,18 +57,17 @@ def context_section(
 
 
 def write_questions_card(
-    result: QuestionsResult,
+    summary: QuestionsSummary,
     settings: ContextSettings,
     out: Path,
     *,
     recipe_hash: str,
-    usage: dict[str, dict[str, object]],
 ) -> Path:
-    counts = result.counts()
-    lengths: dict[str, list[int]] = {}
-    for q in result.questions:
-        assert q.context is not None  # every kept question has its context
-        lengths.setdefault(q.context.kind, []).append(len(q.context.pages))
+    """The card of a run, from the counts added up over its shards (no row is read again)."""
+    counts, totals, result, usage = summary.counts, summary.card, summary.indexed, summary.usage
+    lengths = {kind: [int(n) for n, times in sorted(by_length.items(), key=lambda kv: int(kv[0]))
+                      for _ in range(times)]
+               for kind, by_length in totals["context_pages"].items()}
     gap = result.gap.as_dict()
     lines = [
         "# Data card: questions and long contexts",
@@ -86,18 +85,17 @@ def write_questions_card(
         "",
         "## Questions",
         "",
-        *count_table("kind", Counter(q.kind for q in result.questions), "No questions."),
+        *count_table("kind", totals["by_kind"], "No questions."),
         "",
-        *count_table("question type", Counter(q.qtype for q in result.questions), ""),
+        *count_table("question type", totals["by_question_type"], ""),
         "",
-        *count_table("answer format", Counter(q.answer_format for q in result.questions), ""),
+        *count_table("answer format", totals["by_answer_format"], ""),
         "",
-        *count_table("generator", Counter(q.generator for q in result.questions), ""),
+        *count_table("generator", totals["by_generator"], ""),
         "",
         "## Dropped, and why",
         "",
-        *count_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped),
-                     "Nothing was dropped."),
+        *count_table("stage: reason", totals["dropped"], "Nothing was dropped."),
         "",
         (f"Judge requests: {counts['judge_requests']}; questions rejected by the judge: "
         f"{counts['judge_rejected']}."),

@@ -40,11 +40,9 @@ from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
-from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.tasks import ShortAnswer
 from docthink.progress import progress
 from docthink.questions import PROMPTS
-from docthink.questions import extractive as ex
 from docthink.questions.contexts import Context, ContextSource, build_context
 from docthink.questions.embed import PageIndex, page_words
 from docthink.questions.negatives import HardNegatives, SimilarityGap, build_index, similarity_gap
@@ -205,17 +203,17 @@ def verdicts(judgements: Sequence[Judgement]) -> dict[str, str | None]:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-@dataclass
-class QuestionsResult:
+@dataclass(frozen=True)
+class Indexed:
+    """What every shard of documents shares: the page index, its hard negatives and their
+    similarity gap, the documents left out, and who writes and judges."""
+
     index: PageIndex
     negatives: HardNegatives
     gap: SimilarityGap
     excluded: list[str]
     writer: str
     judge: str
-    questions: list[GeneratedQuestion] = field(default_factory=list)
-    dropped: list[Dropped] = field(default_factory=list)
-    judgements: list[Judgement] = field(default_factory=list)
 
     def counts(self) -> dict[str, object]:
         return {
@@ -224,30 +222,45 @@ class QuestionsResult:
             "indexed_pages": len(self.index.refs),
             "textless_pages": len(self.index.textless),
             "pages_embedded": self.index.embedded,
-            "questions": len(self.questions),
-            "by_kind": dict(sorted(Counter(q.kind for q in self.questions).items())),
-            "by_generator": dict(sorted(Counter(q.generator for q in self.questions).items())),
-            "by_context": dict(
-                sorted(Counter(q.context.kind for q in self.questions if q.context).items())
-            ),
-            "judge_requests": len(self.judgements),
-            "judge_rejected": sum(d.reason.startswith("judge: ") for d in self.dropped),
-            "dropped": dict(
-                sorted(Counter(f"{d.stage}: {d.reason}" for d in self.dropped).items())
-            ),
-            "similarity_gap": self.gap.as_dict(),
         }
 
 
-def question_models(
-    recipe: QuestionsRecipe, corpus: Corpus, cache: RequestCache
-) -> tuple[ChatModel | None, ChatModel]:
-    """(generator model or None for the extractive writer, judge), each behind the cache."""
+@dataclass
+class DocumentQuestions:
+    """What the stages made of one shard of documents."""
+
+    questions: list[GeneratedQuestion] = field(default_factory=list)  # by qid
+    dropped: list[Dropped] = field(default_factory=list)  # by (qid, stage)
+    judgements: list[Judgement] = field(default_factory=list)  # multi-page, then unanswerable
+
+    def counts(self) -> dict[str, object]:
+        """What the run adds up over shards (string keys: it is stored as JSON)."""
+        lengths: dict[str, dict[str, int]] = {}
+        for q in self.questions:
+            assert q.context is not None  # every kept question has its context
+            by_kind = lengths.setdefault(q.context.kind, {})
+            by_kind[str(len(q.context.pages))] = by_kind.get(str(len(q.context.pages)), 0) + 1
+        return {
+            "questions": len(self.questions),
+            "by_kind": dict(Counter(q.kind for q in self.questions)),
+            "by_generator": dict(Counter(q.generator for q in self.questions)),
+            "by_context": dict(Counter(q.context.kind for q in self.questions if q.context)),
+            "by_question_type": dict(Counter(q.qtype for q in self.questions)),
+            "by_answer_format": dict(Counter(q.answer_format for q in self.questions)),
+            "judge_requests": len(self.judgements),
+            "judge_rejected": sum(d.reason.startswith("judge: ") for d in self.dropped),
+            "dropped": dict(Counter(f"{d.stage}: {d.reason}" for d in self.dropped)),
+            "context_pages": lengths,
+        }
+
+
+def question_models(recipe: QuestionsRecipe, corpus: Corpus) -> tuple[ChatModel | None, ChatModel]:
+    """(generator model or None for the extractive writer, judge), as the recipe names them."""
     generator_spec, judge_spec = recipe.models.generator, recipe.models.judge
-    judge_model = CachedModel(build_model(judge_spec, pages=corpus), cache)
+    judge_model = build_model(judge_spec, pages=corpus)
     if generator_spec.kind == "teacher":
         return None, judge_model
-    return CachedModel(build_model(generator_spec, pages=corpus), cache), judge_model
+    return build_model(generator_spec, pages=corpus), judge_model
 
 
 def _keep(seed: int, qid: str, drafts: Sequence[Draft]) -> Draft:
@@ -255,7 +268,7 @@ def _keep(seed: int, qid: str, drafts: Sequence[Draft]) -> Draft:
 
 
 def _single_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: DocumentQuestions
 ) -> list[tuple[str, PageRef, Spec]]:
     settings = recipe.single_page
     items = []
@@ -278,7 +291,7 @@ def _single_items(
 
 
 def _seed_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: DocumentQuestions
 ) -> list[tuple[str, tuple[PageRef, ...], Spec]]:
     settings = recipe.multi_page
     items = []
@@ -310,7 +323,7 @@ class _Stages:
         recipe: QuestionsRecipe,
         corpus: Corpus,
         judge_model: ChatModel,
-        result: QuestionsResult,
+        result: DocumentQuestions,
         log: logging.Logger,
         show_progress: bool,
     ) -> None:
@@ -440,37 +453,58 @@ class _Stages:
         return widened
 
 
-async def make_questions(
-    recipe: QuestionsRecipe,
-    corpus: Corpus,
-    generator: ChatModel | None,
-    judge_model: ChatModel,
-    log: logging.Logger,
-    show_progress: bool = False,
-) -> QuestionsResult:
+def index_corpus(recipe: QuestionsRecipe, corpus: Corpus, log: logging.Logger
+                 ) -> tuple[PageIndex, HardNegatives, list[str], SimilarityGap]:
+    """The page index of every document not excluded, its ranked hard negatives, the excluded
+    documents, and how much closer hard negatives are than random pages."""
     index, negatives, excluded = build_index(
         corpus, recipe.embedding, recipe.decontamination, log
     )
     gap = similarity_gap(index, negatives, recipe.seed)
     log.info("similarity gap (top 8 hard negatives vs random): %s", gap.as_dict())
-    doc_ids = sorted(set(corpus.documents) - set(excluded))
-    writer_name = ex.WRITER_NAME if generator is None else generator.name
-    result = QuestionsResult(index, negatives, gap, excluded, writer_name, judge_model.name)
-    stages = _Stages(recipe, corpus, judge_model, result, log, show_progress)
+    return index, negatives, excluded, gap
 
+
+def question_items(recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str],
+                   result: DocumentQuestions
+                   ) -> tuple[list[tuple[str, PageRef, Spec]], list[tuple[str, tuple[PageRef, ...], Spec]]]:
+    """What the writer is asked for these documents: single pages and multi-page seeds."""
     singles = _single_items(recipe, corpus, doc_ids, result) if recipe.single_page.enabled else []
     seeds = _seed_items(recipe, corpus, doc_ids, result) if recipe.multi_page.enabled else []
+    return singles, seeds
+
+
+def writer_pages(singles: Sequence[tuple[str, PageRef, Spec]],
+                 seeds: Sequence[tuple[str, tuple[PageRef, ...], Spec]]) -> set[PageRef]:
+    """The pages a model writer is shown."""
+    return {ref for _, ref, _ in singles} | {r for _, pages, _ in seeds for r in pages}
+
+
+async def document_questions(
+    recipe: QuestionsRecipe,
+    corpus: Corpus,
+    doc_ids: Sequence[str],
+    generator: ChatModel | None,
+    judge_model: ChatModel,
+    source: ContextSource,
+    log: logging.Logger,
+    show_progress: bool = False,
+) -> DocumentQuestions:
+    """Every stage over a shard of documents (questions about a document depend on no other
+    document's, except through the shared index)."""
+    result = DocumentQuestions()
+    stages = _Stages(recipe, corpus, judge_model, result, log, show_progress)
+    singles, seeds = question_items(recipe, corpus, doc_ids, result)
     writer: Writer
     if generator is None:
         writer = ExtractiveWriter(corpus, recipe.seed)
     else:
-        stages.render({ref for _, ref, _ in singles} | {r for _, pages, _ in seeds for r in pages})
+        stages.render(writer_pages(singles, seeds))
         writer = ModelWriter(generator, stages.images, temperature=recipe.temperature,
                              max_tokens=recipe.max_tokens, concurrency=recipe.concurrency)
 
     single_questions = await stages.single_page(writer, singles)
     multi_questions = await stages.multi_page(writer, seeds)
-    source = ContextSource(index, negatives, {d: corpus.n_pages(d) for d in doc_ids})
     unanswerable = await stages.unanswerable(single_questions, source)
     result.questions = sorted(
         [*stages.with_contexts([*single_questions, *multi_questions], source), *unanswerable],
@@ -480,54 +514,34 @@ async def make_questions(
     return result
 
 
-def write_questions(result: QuestionsResult, out: Path) -> Path:
-    """questions.jsonl (the input of `docthink synth`), dropped.jsonl, judgements.jsonl and the
-    index (vectors, page ids, ranked negatives)."""
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / "questions.jsonl"
-    with path.open("w", encoding="utf-8") as f:
-        for question in result.questions:
-            f.write(json.dumps(question.row(), ensure_ascii=False) + "\n")
-    with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
-        for d in result.dropped:
-            f.write(json.dumps({"qid": d.qid, "stage": d.stage, "reason": d.reason}) + "\n")
-    with (out / "judgements.jsonl").open("w", encoding="utf-8") as f:
-        for j in result.judgements:
-            row = {"qid": j.qid, "page": [j.page.doc_id, j.page.page], "reply": j.reply,
-                   "answers": j.answers, "failure": j.failure}
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+def question_line(question: GeneratedQuestion) -> str:
+    return json.dumps(question.row(), ensure_ascii=False)
+
+
+def dropped_line(d: Dropped) -> str:
+    return json.dumps({"qid": d.qid, "stage": d.stage, "reason": d.reason})
+
+
+def judgement_line(j: Judgement) -> str:
+    row = {"qid": j.qid, "page": [j.page.doc_id, j.page.page], "reply": j.reply,
+           "answers": j.answers, "failure": j.failure}
+    return json.dumps(row, ensure_ascii=False)
+
+
+def write_index(indexed: Indexed, out: Path) -> None:
+    """The index (vectors, page ids, ranked negatives) and what it says, in `out/index`."""
     folder = out / "index"
-    result.index.save(folder)
-    result.negatives.save(folder)
+    indexed.index.save(folder)
+    indexed.negatives.save(folder)
     info = {
-        "embedder": result.index.embedder,
-        "pages": len(result.index.refs),
-        "dim": int(result.index.vectors.shape[1]),
-        "negatives_per_page": int(result.negatives.rows.shape[1]),
-        "textless_pages": [[r.doc_id, r.page] for r in result.index.textless],
-        "excluded_documents": result.excluded,
-        "similarity_gap": result.gap.as_dict(),
+        "embedder": indexed.index.embedder,
+        "pages": len(indexed.index.refs),
+        "dim": int(indexed.index.vectors.shape[1]),
+        "negatives_per_page": int(indexed.negatives.rows.shape[1]),
+        "textless_pages": [[r.doc_id, r.page] for r in indexed.index.textless],
+        "excluded_documents": indexed.excluded,
+        "similarity_gap": indexed.gap.as_dict(),
     }
     (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-    return path
 
 
-async def run_question_stages(
-    recipe: QuestionsRecipe,
-    corpus: Corpus,
-    cache: RequestCache,
-    log: logging.Logger,
-    show_progress: bool = False,
-) -> tuple[QuestionsResult, dict[str, dict[str, object]]]:
-    """Build the models, run every stage, close the models; usage per role."""
-    generator, judge_model = question_models(recipe, corpus, cache)
-    try:
-        result = await make_questions(recipe, corpus, generator, judge_model, log, show_progress)
-    finally:
-        for model in (generator, judge_model):
-            if model is not None:
-                await model.aclose()
-    usage = {"judge": judge_model.usage.as_dict()}
-    if generator is not None:
-        usage = {"generator": generator.usage.as_dict(), **usage}
-    return result, usage

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from docthink.corpus.policy import RenderPolicy
+from docthink.engine.executor import ExecutorSpec
 from docthink.models.specs import ModelSpec, TeacherSpec
 from docthink.recipe import Recipe, in_order
 
@@ -217,6 +218,9 @@ class QuestionsRecipe(Recipe):
     max_tokens: int = Field(1024, ge=16, description="generator and judge output budget")
     concurrency: int = Field(64, ge=1, description="requests in flight")
     workers: int = Field(2, ge=1, description="render processes")
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec, description="where shards of documents run, and their size"
+    )
 
 
 # -- tasks --------------------------------------------------------------------------------------

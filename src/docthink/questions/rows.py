@@ -5,7 +5,7 @@ error naming the file, the row and the field."""
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,8 +74,11 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
     if path.suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        for number, row in enumerate(pq.read_table(path).to_pylist(), start=1):
-            yield number, row
+        number = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=4096):
+            for row in batch.to_pylist():
+                number += 1
+                yield number, row
         return
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, start=1):
@@ -91,11 +94,17 @@ def _raw_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
 
 
 def read_question_rows(path: Path) -> list[QuestionRow]:
+    return list(question_rows(path))
+
+
+def question_rows(path: Path) -> Iterator[QuestionRow]:
+    """The rows of a questions file, validated one by one as they are read (a JSONL or Parquet
+    file is never held whole; MMLongBench-Doc's samples.json is one JSON document)."""
     if not path.is_file():
         raise QuestionsError(f"{path}: no such file")
     if path.name == "samples.json":
-        return mmlongbench_rows(path)
-    rows: list[QuestionRow] = []
+        yield from mmlongbench_rows(path)
+        return
     seen: dict[str, int] = {}
     for number, raw in _raw_rows(path):
         try:
@@ -109,8 +118,7 @@ def read_question_rows(path: Path) -> list[QuestionRow]:
                 f"{path}: row {number}: qid {row.qid!r} repeats row {seen[row.qid]}"
             )
         seen[row.qid] = number
-        rows.append(row)
-    return rows
+        yield row
 
 
 def mmlongbench_rows(path: Path) -> list[QuestionRow]:
@@ -126,19 +134,23 @@ def mmlongbench_rows(path: Path) -> list[QuestionRow]:
     ]
 
 
-def check_documents(rows: list[QuestionRow], corpus: Corpus, source: Path) -> None:
-    """Questions none of which is about a document of the corpus fail here, before any model
-    call, saying which folder to ingest: document ids are paths under the folder ingested, so
-    ingesting the folder above the PDFs prefixes every id. A few unknown documents are only
-    dropped per row, by `resolve`."""
-    if not rows or any(row.doc_id in corpus.documents for row in rows):
-        return
-    where = (f"{source}: none of its {len(rows)} questions is about a document of corpus "
+def check_documents(rows: Iterable[QuestionRow], corpus: Corpus, source: Path) -> int:
+    """Reads every row (so a bad one fails before any model call) and returns how many there are.
+    Questions none of which is about a document of the corpus fail here, saying which folder to
+    ingest: document ids are paths under the folder ingested, so ingesting the folder above the
+    PDFs prefixes every id. A few unknown documents are only dropped per row, by `resolve`."""
+    n, asked, known = 0, "", False
+    for row in rows:
+        n += 1
+        asked = asked or row.doc_id
+        known = known or row.doc_id in corpus.documents
+    if n == 0 or known:
+        return n
+    where = (f"{source}: none of its {n} questions is about a document of corpus "
              f"{corpus.layout.root}")
     ids = sorted(corpus.documents)
     if not ids:
         raise QuestionsError(f"{where}: it has no documents (see its manifest.jsonl)")
-    asked = rows[0].doc_id
     above = [doc_id for doc_id in ids if doc_id.endswith("/" + asked)]
     found = (f"the questions name {asked!r}, the corpus has {(above or ids)[0]!r} (document ids "
              f"are paths under the folder ingested, {corpus.ingested})")
@@ -149,33 +161,39 @@ def check_documents(rows: list[QuestionRow], corpus: Corpus, source: Path) -> No
 
 
 def resolve(
-    rows: list[QuestionRow], n_pages: Mapping[str, int], source: Path
+    rows: Iterable[QuestionRow], n_pages: Mapping[str, int], source: Path
 ) -> tuple[list[Question], list[Dropped]]:
-    """Questions over the corpus's pages. A row whose document is not in the corpus, or that
-    names a page outside its document (MMLongBench-Doc has two rows with evidence page 0), is
-    dropped with its reason and counted."""
     questions: list[Question] = []
     dropped: list[Dropped] = []
     for row in rows:
-        src = _refs(row.doc_id, row.source_pages)
-        context = (
-            _refs(row.doc_id, row.context_pages)
-            if row.context_pages is not None
-            else tuple(PageRef(row.doc_id, p) for p in range(1, n_pages.get(row.doc_id, 0) + 1))
-        )
-        missing = sorted({r.doc_id for r in (*src, *context, PageRef(row.doc_id, 1))} - n_pages.keys())
-        if missing:
-            dropped.append(Dropped(row.qid, "input", f"document not in corpus: {missing[0]}"))
-            continue
-        outside = [r for r in (*src, *context) if not 1 <= r.page <= n_pages[r.doc_id]]
-        if outside:
-            ref = outside[0]
-            reason = f"page {ref.page} outside {ref.doc_id} ({n_pages[ref.doc_id]} pages)"
-            dropped.append(Dropped(row.qid, "input", reason))
-            continue
-        if len(set(context)) != len(context):
-            raise QuestionsError(f"{source}: qid {row.qid}: context_pages repeats a page")
-        if not set(src) <= set(context):
-            raise QuestionsError(f"{source}: qid {row.qid}: a source page is not in context_pages")
-        questions.append(Question(row.qid, row.doc_id, row.question, src, context, row.answer))
+        resolved = resolve_row(row, n_pages, source)
+        if isinstance(resolved, Dropped):
+            dropped.append(resolved)
+        else:
+            questions.append(resolved)
     return questions, dropped
+
+
+def resolve_row(row: QuestionRow, n_pages: Mapping[str, int], source: Path) -> Question | Dropped:
+    """The question over the corpus's pages. A row whose document is not in the corpus, or that
+    names a page outside its document (MMLongBench-Doc has two rows with evidence page 0), is
+    dropped with its reason and counted."""
+    src = _refs(row.doc_id, row.source_pages)
+    context = (
+        _refs(row.doc_id, row.context_pages)
+        if row.context_pages is not None
+        else tuple(PageRef(row.doc_id, p) for p in range(1, n_pages.get(row.doc_id, 0) + 1))
+    )
+    missing = sorted({r.doc_id for r in (*src, *context, PageRef(row.doc_id, 1))} - n_pages.keys())
+    if missing:
+        return Dropped(row.qid, "input", f"document not in corpus: {missing[0]}")
+    outside = [r for r in (*src, *context) if not 1 <= r.page <= n_pages[r.doc_id]]
+    if outside:
+        ref = outside[0]
+        return Dropped(row.qid, "input", f"page {ref.page} outside {ref.doc_id} "
+                       f"({n_pages[ref.doc_id]} pages)")
+    if len(set(context)) != len(context):
+        raise QuestionsError(f"{source}: qid {row.qid}: context_pages repeats a page")
+    if not set(src) <= set(context):
+        raise QuestionsError(f"{source}: qid {row.qid}: a source page is not in context_pages")
+    return Question(row.qid, row.doc_id, row.question, src, context, row.answer)

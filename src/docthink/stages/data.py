@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import asyncio
-import logging
 from collections import Counter
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from docthink.corpus.recipe import IngestRecipe
 from docthink.export import ExportRecipe
@@ -16,11 +13,6 @@ from docthink.recipe import commented_yaml
 from docthink.runs import Run, recipe_hash
 from docthink.stages.base import Outcome, Stage, Written
 from docthink.synth.recipe import SynthRecipe
-
-if TYPE_CHECKING:
-    from docthink.corpus.corpus import Corpus
-    from docthink.models.cache import RequestCache
-    from docthink.synth.pipeline import SynthResult
 
 # Each stage imports what it runs when it runs: the stage table is read by every command, and
 # `docthink search` should not pay for PDF rendering or numpy.
@@ -68,26 +60,24 @@ def _write_recipe(recipe: QuestionsRecipe | TasksRecipe | SynthRecipe) -> None:
 
 
 def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
-    from docthink.corpus.corpus import Corpus
-    from docthink.models.cache import RequestCache
     from docthink.questions import PROMPTS
     from docthink.questions.card import write_questions_card
-    from docthink.questions.generate import run_question_stages, write_questions
+    from docthink.questions.job import make_questions
 
     _write_recipe(recipe)
-    with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
-    path = write_questions(result, recipe.out)
+    result = make_questions(recipe, run.log, show_progress=True)
     card = write_questions_card(result, recipe.contexts, recipe.out,
-                                recipe_hash=recipe_hash(recipe), usage=usage)
-    counts = result.counts()
-    line = (f"questions {path}: {counts['questions']} questions ({tally(counts['by_kind'])}) by "
-            f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
-            f"{tally(counts['by_context'])}; hard-negative gap {result.gap.as_dict()['gap']}; "
-            f"data card {card}")
-    summary = {"counts": counts, "usage": usage, "writer": result.writer, "judge": result.judge,
-               "prompts": PROMPTS.hashes()}
-    return Outcome([line], [Written(path)], scalars(counts), summary, marks=[recipe.out])
+                                recipe_hash=recipe_hash(recipe))
+    counts = result.counts
+    line = (f"questions {result.path}: {counts['questions']} questions ({tally(counts['by_kind'])}) "
+            f"by {result.indexed.writer}; judge rejected {counts['judge_rejected']}; contexts "
+            f"{tally(counts['by_context'])}; hard-negative gap {result.indexed.gap.as_dict()['gap']}"
+            f"; {result.shards['total']} shards ({result.shards['reused']} reused); data card "
+            f"{card}")
+    summary: dict[str, object] = {
+        "counts": counts, "usage": result.usage, "writer": result.indexed.writer,
+        "judge": result.indexed.judge, "shards": result.shards, "prompts": PROMPTS.hashes()}
+    return Outcome([line], [Written(result.path)], scalars(counts), summary, marks=[recipe.out])
 
 
 QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,
@@ -122,53 +112,29 @@ TASKS = Stage("tasks", ("tasks",), TasksRecipe, _tasks,
 
 
 def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
-    from docthink.corpus.corpus import Corpus
-    from docthink.models.cache import RequestCache
     from docthink.synth import PROMPTS
     from docthink.synth.card import write_card
-    from docthink.synth.pipeline import write_tables
+    from docthink.synth.job import synthesize
 
     _write_recipe(recipe)
-    with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
-    write_tables(result, recipe.out)
-    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
-    counts = result.counts()
-    stages = Counter(d.stage for d in result.dropped)
-    dropped = f"{len(result.dropped)} dropped" + (
+    result = synthesize(recipe, run.log, show_progress=True)
+    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe))
+    counts = result.counts
+    dropped_by: dict[str, int] = counts["dropped"]
+    stages = Counter[str]()
+    for key, n in dropped_by.items():
+        stages[key.split(":", 1)[0]] += n
+    dropped = f"{stages.total()} dropped" + (
         f" ({tally(stages)}; why: see the data card)" if stages else "")
+    shards = result.shards
     line = (f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
-            f"{counts['examples']} examples; {dropped}; data card {card}")
+            f"{counts['examples']} examples; {dropped}; {shards['total']} shards "
+            f"({shards['reused']} reused); data card {card}")
     return Outcome([line], [Written(recipe.out / "examples.jsonl"),
                             Written(recipe.out / "evidence.parquet")],
-                   scalars(counts), {"counts": counts, "usage": usage,
-                                     "prompts": PROMPTS.hashes()}, marks=[recipe.out])
-
-
-async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
-                      log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
-    from docthink.models.base import ChatModel
-    from docthink.models.build import build_model
-    from docthink.models.cache import CachedModel
-    from docthink.synth.pipeline import SynthModels, synthesize
-
-    # One inner model per distinct spec (shared across stages), each stage behind its own cache
-    # wrapper so usage is accounted per stage.
-    inner: dict[str, ChatModel] = {}
-    wrapped = {}
-    for name in ("evidence", "answer_vision", "answer_text"):
-        spec = getattr(recipe.models, name)
-        key = spec.model_dump_json()
-        if key not in inner:
-            inner[key] = build_model(spec, pages=corpus)
-        wrapped[name] = CachedModel(inner[key], cache)
-    models = SynthModels(**wrapped)
-    try:
-        result = await synthesize(recipe, corpus, models, log, show_progress=True)
-    finally:
-        for model in inner.values():
-            await model.aclose()
-    return result, {name: m.usage.as_dict() for name, m in wrapped.items()}
+                   scalars(counts), {"counts": counts, "usage": result.usage_now,
+                                     "data_usage": result.usage, "shards": shards, "prompts": PROMPTS.hashes()},
+                   marks=[recipe.out])
 
 
 SYNTH = Stage("synth", ("synth",), SynthRecipe, _synth, inputs=lambda r: [r.questions],

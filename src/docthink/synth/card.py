@@ -3,26 +3,23 @@ core install needs no plotting library)."""
 
 from __future__ import annotations
 
-from collections import Counter
 from pathlib import Path
 
 from docthink.cards import bar_chart, count_table, usage_table
-from docthink.synth.pipeline import SynthResult
+from docthink.synth.job import SynthSummary
 
 
-def write_card(
-    result: SynthResult, out: Path, *, recipe_hash: str, usage: dict[str, dict[str, object]]
-) -> Path:
-    counts = result.counts()
-    scores = Counter(min(int(e.relevance_score), 9) for e in result.evidence if e.failure is None)
+def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
+    """The card of a run, from the counts added up over its shards (no row is read again)."""
+    counts, usage = summary.counts, summary.usage
+    scores: dict[str, int] = summary.card["relevance"]
     bins = [f"{b}-{b + 1}" for b in range(10)]
-    bar_chart("relevance score (after source floor)", bins, [scores[b] for b in range(10)],
-              out / "card_relevance.png")
-    lengths = Counter(len(t.positions) for t in result.traces)
-    keys = sorted(lengths)
-    bar_chart("pages per trace", [str(k) for k in keys], [lengths[k] for k in keys],
-              out / "card_trace_pages.png")
-    placements = Counter(e.placement for e in result.examples if e.kind == "trace")
+    bar_chart("relevance score (after source floor)", bins,
+              [scores[str(b)] for b in range(10)], out / "card_relevance.png")
+    lengths: dict[str, int] = summary.card["trace_pages"]
+    keys = sorted(lengths, key=int)
+    bar_chart("pages per trace", keys, [lengths[k] for k in keys], out / "card_trace_pages.png")
+    placements: dict[str, int] = counts["placements"]
     bar_chart("<cot> placement", list(placements), list(placements.values()),
               out / "card_placements.png")
     lines = [
@@ -44,13 +41,11 @@ def write_card(
         "",
         "## Dropped, and why",
         "",
-        *count_table("stage: reason", Counter(f"{d.stage}: {d.reason}" for d in result.dropped),
-                     "Nothing was dropped."),
+        *count_table("stage: reason", counts["dropped"], "Nothing was dropped."),
         "",
         "## Answer branches",
         "",
-        *count_table("branch", Counter(a.branch for a in result.answers if a.failure is None),
-                     "No answers."),
+        *count_table("branch", counts["branches"], "No answers."),
         "",
         "## Control-token placements",
         "",

@@ -1,11 +1,11 @@
 """`docthink synth`: questions over a corpus -> page evidence -> traces -> answers -> SFT examples.
 
-Each stage is a plain function over typed rows; this module wires them with the local executor,
-writes each stage's table into the output folder, and counts what was dropped and why."""
+Each stage is a plain function over typed rows; `synthesize_shard` wires them for one shard of
+questions (`synth.job` cuts a run into shards and merges their parts into the final tables) and
+records what was dropped and why."""
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -28,7 +28,6 @@ from docthink.questions.rows import (
     Dropped,
     Question,
     QuestionsError,
-    check_documents,
     read_question_rows,
     resolve,
 )
@@ -47,27 +46,36 @@ class SynthModels:
 
 
 @dataclass
-class SynthResult:
-    questions: int = 0
-    evidence: list[PageEvidence] = field(default_factory=list)
-    traces: list[Trace] = field(default_factory=list)
-    answers: list[Answer] = field(default_factory=list)
-    examples: list[SFTExample] = field(default_factory=list)
-    dropped: list[Dropped] = field(default_factory=list)
+class ShardRows:
+    """What the stages made of one shard's questions, in the order the final tables keep."""
+
+    evidence: list[PageEvidence] = field(default_factory=list)  # by (qid, position)
+    traces: list[Trace] = field(default_factory=list)  # in question order
+    answers: list[Answer] = field(default_factory=list)  # by qid
+    examples: list[SFTExample] = field(default_factory=list)  # in question order
+    dropped: list[Dropped] = field(default_factory=list)  # evidence and trace, then answer
 
     def counts(self) -> dict[str, object]:
+        """What the data card adds up over shards (string keys: it is stored as JSON)."""
+        scored = [e for e in self.evidence if e.failure is None]
         return {
-            "questions": self.questions,
             "evidence_requests": len(self.evidence),
-            "evidence_failures": sum(e.failure is not None for e in self.evidence),
+            "evidence_failures": len(self.evidence) - len(scored),
             "traces": len(self.traces),
             "answers": sum(a.failure is None for a in self.answers),
             "examples": len(self.examples),
             "dropped": dict(Counter(f"{d.stage}: {d.reason}" for d in self.dropped)),
             "branches": dict(Counter(a.branch for a in self.answers if a.failure is None)),
             "placements": dict(Counter(e.placement for e in self.examples if e.kind == "trace")),
-            "plain_examples": sum(e.kind == "plain" for e in self.examples),
+            "relevance": {str(b): n for b, n in enumerate(_histogram(scored))},
+            "trace_pages": dict(Counter(str(len(t.positions)) for t in self.traces)),
         }
+
+
+def _histogram(evidence: Sequence[PageEvidence]) -> list[int]:
+    """Scored pages per unit of relevance score, 0-1 ... 9-10."""
+    bins = Counter(min(int(e.relevance_score), 9) for e in evidence)
+    return [bins[b] for b in range(10)]
 
 
 def evidence_order(questions: Sequence[Question]) -> list[tuple[Question, PageRef]]:
@@ -228,34 +236,28 @@ def plain_examples(
     ]
 
 
-async def synthesize(
+def context_refs(questions: Sequence[Question]) -> list[PageRef]:
+    """Every page of the questions' contexts, once, in corpus order."""
+    return sorted({r for q in questions for r in q.context}, key=lambda r: (r.doc_id, r.page))
+
+
+async def synthesize_shard(
+    questions: Sequence[Question],
+    images: dict[PageRef, ImagePart],
     recipe: SynthRecipe,
-    corpus: Corpus,
     models: SynthModels,
-    log: logging.Logger,
     show_progress: bool,
-) -> SynthResult:
-    result = SynthResult()
-    rows = read_question_rows(recipe.questions)
-    check_documents(rows, corpus, recipe.questions)
-    n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
-    questions, dropped = resolve(rows, n_pages, recipe.questions)
-    result.questions = len(rows)
-    result.dropped.extend(dropped)
-    log.info("%d questions, %d dropped at input", len(questions), len(dropped))
-
-    refs = sorted({r for q in questions for r in q.context}, key=lambda r: (r.doc_id, r.page))
-    log.info("rendering %d context pages at %s", len(refs), recipe.image.key)
-    rendered = corpus.ensure_images(refs, recipe.image, recipe.workers, show_progress)
-    images = dict(zip(refs, rendered, strict=True))
-
+) -> ShardRows:
+    """Evidence -> traces -> answers -> trace examples for one shard's questions (their context
+    pages already rendered: `images`)."""
+    rows = ShardRows()
     total = sum(len(q.context) for q in questions)
     with progress("evidence", total, show_progress) as bar:
-        result.evidence = await collect_evidence(
+        rows.evidence = await collect_evidence(
             questions, images, recipe, models.evidence, bar.advance
         )
     by_qid: dict[str, list[PageEvidence]] = {}
-    for row in result.evidence:
+    for row in rows.evidence:
         by_qid.setdefault(row.qid, []).append(row)
 
     traced: list[tuple[Question, Trace]] = []
@@ -266,21 +268,21 @@ async def synthesize(
             question.qid, evidence, threshold=recipe.trace.threshold, top_k=recipe.trace.top_k
         )
         if isinstance(outcome, Dropped):
-            result.dropped.append(outcome)
+            rows.dropped.append(outcome)
         else:
-            result.traces.append(outcome)
+            rows.traces.append(outcome)
             traced.append((question, outcome))
 
     with progress("answer", len(traced), show_progress) as bar:
-        result.answers = await answer_questions(traced, images, recipe, models, bar.advance)
-    answers = {a.qid: a for a in result.answers}
+        rows.answers = await answer_questions(traced, images, recipe, models, bar.advance)
+    answers = {a.qid: a for a in rows.answers}
     for question, trace in traced:
         answer = answers[question.qid]
         if answer.failure is not None:
-            result.dropped.append(Dropped(question.qid, "answer", answer.failure))
+            rows.dropped.append(Dropped(question.qid, "answer", answer.failure))
             continue
         placement = weighted_choice(recipe.seed, question.qid, "cot", recipe.export.placement)
-        result.examples.append(
+        rows.examples.append(
             trace_example(
                 question.qid,
                 [ImageKey.of(images[r]) for r in question.context],
@@ -292,28 +294,12 @@ async def synthesize(
                 page_index=recipe.export.page_index,
             )
         )
-    result.examples.extend(plain_examples(recipe, corpus, len(result.examples), log))
-    return result
+    return rows
 
 
-def write_tables(result: SynthResult, out: Path) -> None:
-    """Each stage's rows as Parquet, examples as JSONL (the input of `docthink export`)."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    def table(rows: Sequence[PageEvidence | Trace | Answer]) -> pa.Table:
-        return pa.Table.from_pylist([_flat(asdict(r)) for r in rows])
-
-    out.mkdir(parents=True, exist_ok=True)
-    pq.write_table(table(result.evidence), out / "evidence.parquet")
-    pq.write_table(table(result.traces), out / "traces.parquet")
-    pq.write_table(table(result.answers), out / "answers.parquet")
-    with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
-        for d in result.dropped:
-            f.write(json.dumps(asdict(d)) + "\n")
-    with (out / "examples.jsonl").open("w", encoding="utf-8") as f:
-        for e in result.examples:
-            f.write(json.dumps(e.to_json(), ensure_ascii=False) + "\n")
+def table_rows(rows: Sequence[PageEvidence | Trace | Answer]) -> list[dict[str, object]]:
+    """Typed rows as the columns of their Parquet table (page refs as `doc_id` / `page`)."""
+    return [_flat(asdict(r)) for r in rows]
 
 
 def _flat(row: dict[str, object]) -> dict[str, object]:

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator
 
 from docthink.core.vocab import Placement
 from docthink.corpus.policy import RenderPolicy
+from docthink.engine.executor import ExecutorSpec
 from docthink.models.specs import ModelSpec, TeacherSpec
 from docthink.recipe import Recipe, in_order
 
@@ -101,3 +102,6 @@ class SynthRecipe(Recipe):
     export: ExportSettings = Field(default_factory=ExportSettings)
     concurrency: int = Field(64, ge=1, description="requests in flight per stage")
     workers: int = Field(2, ge=1, description="render processes")
+    executor: ExecutorSpec = Field(
+        default_factory=ExecutorSpec, description="where shards run, and their size"
+    )
