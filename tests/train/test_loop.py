@@ -32,6 +32,9 @@ from docthink.train.switch import SwitchReport, measure_switch
 from tests.evals.helpers import read_jsonl
 from tests.helpers import docthink
 
+# the module's fixture trains twice (about 3 CPU-minutes) before its first test: more than the
+# suite's 300 s per test on a busy 2-core machine
+pytestmark = pytest.mark.timeout(900)
 FULL = os.environ.get("DOCTHINK_SLOW") == "full"
 # the settings examples/cpu_loop.sh runs with: one copy, read by both
 RECIPES = Path(__file__).resolve().parents[2] / "examples" / "cpu_loop"
