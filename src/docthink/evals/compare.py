@@ -28,11 +28,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from docthink.core.hashing import file_digest
 from docthink.evals.benchmarks import rules_scored
 from docthink.evals.data import Benchmark, BenchRow, DataError
 from docthink.evals.metrics import Answer, ModeMetrics, Scored, compute, interval, pct
 from docthink.evals.scoring import scoreable
-from docthink.core.hashing import file_digest
 
 CORRECTIONS = "corrections_diff.json"
 SIDES = {"v1": "V1 rules, V1 reference", "v1_rules_v2_reference": "V1 rules, V2 reference",
