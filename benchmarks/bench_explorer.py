@@ -97,7 +97,8 @@ def write_run(folder: Path, n: int) -> SynthFiles:
                 "id": qid, "kind": "trace", "placement": placements[(i // 3) % 4],
                 "branch": branch, "system": None,
                 "user": [{"image": f"{i:064x}", "suffix": ".png"} for _ in range(PAGES)]
-                + [f"What is figure {i}?"], "assistant": f"<think>...</think>\nAnswer {i}"}) + b"\n")
+                + [f"What is figure {i}?"],
+                "assistant": f"<think>...</think>\nAnswer {i}"}) + b"\n")
     pq.write_table(pa.table(ev), folder / "evidence.parquet")
     pq.write_table(pa.table(traces), folder / "traces.parquet")
     pq.write_table(pa.table(answers), folder / "answers.parquet")

@@ -74,9 +74,10 @@ def explored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explored]:
     os.chdir(root)
     try:
         cli("samples", "sample", "--docs", "3", "--seed", "3")
-        rows = [json.loads(line) for line in Path("sample/questions.jsonl").read_text().splitlines()]
+        questions = Path("sample/questions.jsonl")
+        rows = [json.loads(line) for line in questions.read_text().splitlines()]
         rows[0]["question"] = f"{XSS} {rows[0]['question']}"
-        Path("sample/questions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cli("ingest", "sample/pdfs", "--out", "corpus", *common)
         with OpenAIServer(_responder(rows)) as server:
             Path("synth.yaml").write_text(json.dumps({"models": {
@@ -116,7 +117,8 @@ def test_example_list_filters_and_pages_by_clicks(explored: Explored, page: Any)
     page.select_option("#f-branch", "vision")
     page.click("#apply")
     vision = int(page.text_content("#total"))
-    branches = {t.strip() for t in page.locator("#examples tbody tr td:nth-child(5)").all_text_contents()}
+    cells = page.locator("#examples tbody tr td:nth-child(5)").all_text_contents()
+    branches = {t.strip() for t in cells}
     assert 0 < vision < total and branches == {"vision"}
     page.select_option("#f-branch", "")
     page.fill("#f-pages_min", "99")
@@ -124,7 +126,9 @@ def test_example_list_filters_and_pages_by_clicks(explored: Explored, page: Any)
     assert page.text_content("#total") == "0"
 
 
-def test_example_page_shows_pages_scores_trace_and_answer_as_text(explored: Explored, page: Any) -> None:
+def test_example_page_shows_pages_scores_trace_and_answer_as_text(
+    explored: Explored, page: Any
+) -> None:
     qid = explored.facts[0]["qid"]
     page.goto(f"{explored.url}/runs/{explored.synth}/examples")
     page.click(f"a.example:text-is('{qid}')")
@@ -139,7 +143,8 @@ def test_example_page_shows_pages_scores_trace_and_answer_as_text(explored: Expl
     assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
     assert XSS in page.text_content("#trace") and XSS in page.text_content("#answer")
     assert page.locator("#context img").count() == cards.count()  # no injected <img>
-    assert page.text_content("#top").strip().startswith(f"Page {sources.first.get_attribute('data-position')}")
+    first_source = sources.first.get_attribute("data-position")
+    assert page.text_content("#top").strip().startswith(f"Page {first_source}")
 
 
 def test_dropped_question_says_why(explored: Explored, tmp_path: Path) -> None:

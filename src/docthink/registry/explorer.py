@@ -224,9 +224,10 @@ class ExampleIndex:
 
         row = self.row(qid)
         folder = self.files.folder
-        evidence = pq.read_table(folder / "evidence.parquet", filters=[("qid", "=", qid)]).to_pylist()
-        trace = pq.read_table(folder / "traces.parquet", filters=[("qid", "=", qid)]).to_pylist()
-        answer = pq.read_table(folder / "answers.parquet", filters=[("qid", "=", qid)]).to_pylist()
+        mine = [("qid", "=", qid)]
+        evidence = pq.read_table(folder / "evidence.parquet", filters=mine).to_pylist()
+        trace = pq.read_table(folder / "traces.parquet", filters=mine).to_pylist()
+        answer = pq.read_table(folder / "answers.parquet", filters=mine).to_pylist()
         example = None
         images: list[str] = []
         if row.offset >= 0:

@@ -22,6 +22,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
 from docthink.core.embedding import MiniLM
+from docthink.registry.ablation import MODE_NAMES, MODES, ablation_table, field_means
 from docthink.registry.diff import flatten, show
 from docthink.registry.explorer import (
     PER_PAGE,
@@ -119,12 +120,33 @@ def create_app(registry_path: Path, encoder: MiniLM | None) -> FastAPI:
                 board = build_leaderboard(registry, benchmark=benchmark, metric=metric)
             except KeyError as exc:
                 raise HTTPException(404, exc.args[0]) from None
+            ablations = registry.ablations()
         rows = []
         for rank, row in enumerate(board.rows, start=1):
             latest = max(row.scores.values(), key=lambda s: s.started_at).run_id
             rows.append(Markup(row_cells(board, rank, row, run_href(latest) + "#lineage", run_href)))
         return render("leaderboard.html", board=board, header=Markup(header_cells(board)),
-                      rows=rows, empty=EMPTY)
+                      rows=rows, empty=EMPTY, ablations=ablations)
+
+    @app.get("/ablations/{name}", response_class=HTMLResponse)
+    def ablation_page(name: str) -> HTMLResponse:
+        with open_registry() as registry:
+            try:
+                table = ablation_table(registry, name)
+            except KeyError as exc:
+                raise HTTPException(404, exc.args[0]) from None
+            except (LookupError, OSError) as exc:
+                raise HTTPException(404, f"ablation {name}: {exc}") from None
+        plots = []
+        for f in table.fields:
+            bars = []
+            means = {mode: dict(field_means(table, f, mode)) for mode in MODES}
+            for value in dict.fromkeys(str(p.values[f]) for p in table.points):
+                for mode in MODES:
+                    if value in means[mode]:
+                        bars.append((value, mode, means[mode][value], len(bars)))
+            plots.append((f, bars))
+        return render("ablation.html", t=table, modes=MODES, mode_names=MODE_NAMES, plots=plots)
 
     @app.get("/runs", response_class=HTMLResponse)
     def runs_page(kind: str | None = None, tag: str | None = None,

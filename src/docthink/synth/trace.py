@@ -39,7 +39,8 @@ def build_trace(
     """`sorted`: pages scoring above `threshold` with non-empty evidence, the `top_k` best (ties:
     page order), listed by score or by page. `all_pages`: every page whose request did not fail,
     in document order, those not relevant written as `Page {i}: irrelevant`. Either way each page
-    is a `Page {i}:` block, blocks separated by a blank line; no relevant page drops the question."""
+    is a `Page {i}:` block, blocks separated by a blank line; no relevant page drops the
+    question."""
     relevant = [e for e in evidence if _relevant(e, threshold)]
     if not relevant:
         return Dropped(qid, "trace", "no relevant page")
