@@ -105,7 +105,7 @@ def write_run(folder: Path, n: int) -> SynthFiles:
     with (folder / "dropped.jsonl").open("w") as f:
         for q in sorted(dropped):
             f.write(json.dumps({"qid": q, "stage": "trace", "reason": "no relevant page"}) + "\n")
-    return SynthFiles(folder, folder / "questions.jsonl", folder / "corpus")
+    return SynthFiles(folder, folder / "questions.jsonl", folder / "corpus", {})
 
 
 def naive_match(f: ExampleFilter, r: ExampleRow) -> bool:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +25,27 @@ from tests.registry.conftest import XSS, XSS_IMG, cli, free_port, serving
 
 pytest.importorskip("fastapi", reason="the web UI needs the 'web' extra (fastapi, jinja2, uvicorn)")
 sys.path.insert(0, str(Path(__file__).parents[1] / "models"))
-from openai_server import OpenAIServer, Reply
+from openai_server import Error, OpenAIServer, Reply
 
 SOURCE_NOTE = "known to be relevant"
+BROKEN = "(its source page is broken)"  # in a question whose source page's request fails
+# DOCTHINK_SCREENSHOTS=FOLDER: the tests save the README's screenshots of the three pages there
+SHOTS = os.environ.get("DOCTHINK_SCREENSHOTS")
+
+
+def assert_images_load(page: Any, url: str) -> None:
+    """Every thumbnail's URL serves a PNG (they load lazily, so ask the server, not the page)."""
+    sources = page.eval_on_selector_all("#context img", "imgs => imgs.map(i => i.src)")
+    assert sources
+    for src in sources:
+        with urllib.request.urlopen(src, timeout=30) as response:
+            assert response.headers["content-type"] == "image/png"
+            assert response.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def shot(page: Any, name: str) -> None:
+    if SHOTS:
+        page.screenshot(path=str(Path(SHOTS) / f"{name}.png"), full_page=True)
 
 
 @dataclass(frozen=True)
@@ -41,11 +60,13 @@ class Explored:
 def _responder(facts: list[dict[str, Any]]) -> Any:
     answers = {f["question"]: f["answer"] for f in facts}
 
-    def respond(body: dict[str, Any]) -> Reply:
+    def respond(body: dict[str, Any]) -> Reply | Error:
         texts = [p["text"] for m in body["messages"] if isinstance(m["content"], list)
                  for p in m["content"] if p["type"] == "text"]
         if "response_format" in body:  # evidence: a source page scores high
             source = any(SOURCE_NOTE in t for t in texts)
+            if source and any(BROKEN in t for t in texts):
+                return Error(500, "page broken")
             return Reply(json.dumps({"evidence": f"figure {XSS} and {XSS_IMG}",
                                      "relevance_score": 8.0 if source else 0.5}))
         fact = next((a for q, a in answers.items() if any(q in t for t in texts)), "")
@@ -77,6 +98,7 @@ def explored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explored]:
         questions = Path("sample/questions.jsonl")
         rows = [json.loads(line) for line in questions.read_text().splitlines()]
         rows[0]["question"] = f"{XSS} {rows[0]['question']}"
+        rows[2]["question"] = f"{rows[2]['question']} {BROKEN}"
         questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cli("ingest", "sample/pdfs", "--out", "corpus", *common)
         with OpenAIServer(_responder(rows)) as server:
@@ -124,6 +146,9 @@ def test_example_list_filters_and_pages_by_clicks(explored: Explored, page: Any)
     page.fill("#f-pages_min", "99")
     page.click("#apply")
     assert page.text_content("#total") == "0"
+    page.fill("#f-pages_min", "")
+    page.click("#apply")
+    shot(page, "explorer-list")
 
 
 def test_example_page_shows_pages_scores_trace_and_answer_as_text(
@@ -140,22 +165,40 @@ def test_example_page_shows_pages_scores_trace_and_answer_as_text(
     assert sources.count() == len(explored.facts[0]["source_pages"])
     assert sources.first.get_attribute("data-position") == str(explored.facts[0]["source_pages"][0])
     # thumbnails load from the corpus's image store
-    assert page.evaluate("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+    assert_images_load(page, explored.url)
     assert XSS in page.text_content("#trace") and XSS in page.text_content("#answer")
     assert page.locator("#context img").count() == cards.count()  # no injected <img>
+    shot(page, "explorer-example")
     first_source = sources.first.get_attribute("data-position")
     assert page.text_content("#top").strip().startswith(f"Page {first_source}")
 
 
-def test_dropped_question_says_why(explored: Explored, tmp_path: Path) -> None:
-    """An index over the same files: a question the trace dropped is listed with its reason."""
+def test_dropped_question_says_why(explored: Explored, page: Any) -> None:
+    """A question dropped because its source page's request failed: listed with its reason, its
+    page shows the context's thumbnails (from the corpus's render index) and no trace."""
+    page.goto(f"{explored.url}/runs/{explored.synth}/examples")
+    page.select_option("#f-status", "dropped")
+    page.click("#apply")
+    assert page.text_content("#total") == "1"
+    page.locator("a.example").first.click()
+    assert page.text_content("#qid") == explored.facts[2]["qid"]
+    assert page.text_content("#why") == "evidence: a source page's request failed"
+    assert page.text_content("#trace") == "-"
+    cards = page.locator("#context .pagecard")
+    assert page.locator("#context img").count() == cards.count() > 0
+    assert_images_load(page, explored.url)
+    assert "failed" in page.locator("#context .pagecard.source .failure").text_content()
+
+
+def test_index_filters_agree_with_the_files(explored: Explored) -> None:
+    """The list's counts against the run's own files."""
     with Registry(explored.registry) as reg:
         index = ExampleIndex.of(SynthFiles.of(reg.get(explored.synth)))
     folder = index.files.folder
     total, _ = index.query(ExampleFilter())
     kept, _ = index.query(ExampleFilter(status="kept"))
     dropped = [json.loads(line) for line in (folder / "dropped.jsonl").open()]
-    assert total == kept + len(dropped) == len(explored.facts)
+    assert total == kept + len(dropped) == len(explored.facts) and len(dropped) == 1
     traces = pq.read_table(folder / "traces.parquet").to_pylist()
     n, rows = index.query(ExampleFilter(pages_min=1, pages_max=1))
     assert n == sum(len(t["positions"]) == 1 for t in traces) and all(r.n_trace == 1 for r in rows)
@@ -174,7 +217,9 @@ def test_eval_question_page_and_side_by_side(explored: Explored, page: Any) -> N
     indexes = {int(r.get_attribute("data-index")) for r in rows.all()}
     assert int(page.text_content("#count")) == len(indexes) == len(wrong) > 0
     assert {explored.facts[i]["answer"] for i in indexes} == {f["answer"] for f in wrong}
+    shot(page, "explorer-compare")
     page.locator("a.question").first.click()
+    shot(page, "explorer-eval-question")
     answers = page.locator("#answers tbody tr")
     assert answers.count() == 4  # two checkpoints, with and without <cot>
     assert {t.strip() for t in page.locator("#answers td:nth-child(3)").all_text_contents()} == {

@@ -15,9 +15,11 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import orjson
 
+from docthink.core.parts import PageRef
 from docthink.runs.registry import RunRecord
 
 PER_PAGE = 50
@@ -108,6 +110,7 @@ class SynthFiles:
     folder: Path
     questions: Path
     corpus: Path
+    render_policy: dict[str, object]  # the run's render policy, as recorded
 
     @classmethod
     def of(cls, record: RunRecord) -> SynthFiles:
@@ -119,10 +122,22 @@ class SynthFiles:
         questions, corpus = (Path(str(record.recipe[k])) for k in ("questions", "corpus"))
         inputs = [Path(a.path) for a in record.artifacts
                   if a.role == "input" and Path(a.path).name == questions.name]
-        return cls(outputs[0].parent, inputs[0] if inputs else base / questions, base / corpus)
+        return cls(outputs[0].parent, inputs[0] if inputs else base / questions, base / corpus,
+                   cast(dict[str, object], record.recipe["image"]))
 
     def image(self, name: str) -> Path:
         return self.corpus / "images" / name[:2] / name
+
+    def stored_images(self, refs: list[PageRef]) -> list[str | None]:
+        """Image file names of pages the run rendered, for a question without an example line
+        (dropped): looked up in the corpus's render index, never rendered here."""
+        from docthink.corpus.corpus import Corpus
+        from docthink.corpus.policy import RenderPolicy
+
+        policy = RenderPolicy.model_validate(self.render_policy)
+        with Corpus.open(self.corpus) as corpus:
+            paths = [corpus.stored_image(ref, policy) for ref in refs]
+        return [None if p is None else p.name for p in paths]
 
 
 def _questions(path: Path) -> dict[str, tuple[str, str]]:
@@ -229,17 +244,20 @@ class ExampleIndex:
         trace = pq.read_table(folder / "traces.parquet", filters=mine).to_pylist()
         answer = pq.read_table(folder / "answers.parquet", filters=mine).to_pylist()
         example = None
-        images: list[str] = []
+        images: list[str | None] = []
         if row.offset >= 0:
             with (folder / "examples.jsonl").open("rb") as f:
                 f.seek(row.offset)
                 example = orjson.loads(f.readline())
             images = [p["image"] + p["suffix"] for p in example["user"] if isinstance(p, dict)]
+        evidence.sort(key=lambda e: e["position"])
+        if not images and evidence:
+            images = self.files.stored_images([PageRef(e["doc_id"], e["page"]) for e in evidence])
         ranks = {p: i for i, p in enumerate(trace[0]["positions"], start=1)} if trace else {}
         pages = [PageView(e["position"], e["doc_id"], e["page"], e["is_source"],
-                          e["relevance_score"], e["evidence"], e["failure"],
-                          images[e["position"] - 1] if images else None, ranks.get(e["position"]))
-                 for e in sorted(evidence, key=lambda e: e["position"])]
+                          e["relevance_score"], e["evidence"], e["failure"], image,
+                          ranks.get(e["position"]))
+                 for e, image in zip(evidence, images, strict=True)]
         return ExampleView(row, pages, trace[0]["text"] if trace else None,
                            answer[0]["text"] if answer else None,
                            answer[0]["failure"] if answer else None, example)
