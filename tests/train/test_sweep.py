@@ -43,6 +43,7 @@ def test_grid_items_name_their_stage() -> None:
         parse_grid(["trace.top_k"])
 
 
+@pytest.mark.slow
 def test_sweep_groups_an_ablation_and_reruns_nothing(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
