@@ -15,7 +15,7 @@ import yaml
 
 from docthink.registry.ablation import ablation_table, mode_cell
 from docthink.runs import Registry
-from docthink.stages.sweep import SweepError, parse_grid
+from docthink.stages.sweep import PipelineRecipe, SweepError, parse_grid, points
 from docthink.testing import build_tiny_vlm
 from tests.evals.helpers import read_jsonl
 from tests.helpers import docthink
@@ -41,6 +41,13 @@ def test_grid_items_name_their_stage() -> None:
         parse_grid(["nonsense.x=1"])
     with pytest.raises(SweepError, match="expected FIELD=VALUE"):
         parse_grid(["trace.top_k"])
+    base = PipelineRecipe(synth={"trace": {"top_k": 16}}, train={}, eval={})
+    assert points(base, {"synth.trace.top_k": [8, 16]}) == [
+        ({"synth.trace.top_k": 8}, False), ({"synth.trace.top_k": 16}, True)]
+    assert points(base, {"synth.trace.top_k": [8]}) == [
+        ({"synth.trace.top_k": 16}, True), ({"synth.trace.top_k": 8}, False)]
+    with pytest.raises(SweepError, match="grid field synth.trace.order: the base recipe does not"):
+        points(base, {"synth.trace.order": ["page"]})
 
 
 @pytest.mark.slow
@@ -75,15 +82,15 @@ def test_sweep_groups_an_ablation_and_reruns_nothing(
                   ("synth", "export", "train", "merge", "eval")}
         # two traces (K), each exported and trained once; four merges and evals
         assert counts == {"synth": 2, "export": 2, "train": 2, "merge": 4, "eval": 4}
-        grid, points = reg.ablation("k-x-alpha")
+        grid, recorded = reg.ablation("k-x-alpha")
         assert grid == {"synth.trace.top_k": [2, 16], "merge.alpha": [0.25, 0.5]}
-        assert [p for p, _, _ in points] == [
+        assert [p for p, _, _ in recorded] == [
             {"synth.trace.top_k": k, "merge.alpha": a} for k in (2, 16) for a in (0.25, 0.5)]
-        assert [b for _, b, _ in points] == [False, False, True, False]  # K=16, alpha=0.25
-        evals = {run for _, _, run in points}
+        assert [b for _, b, _ in recorded] == [False, False, True, False]  # K=16, alpha=0.25
+        evals = {run for _, _, run in recorded}
         assert evals == {r.id for r in reg.list(kind="eval", limit=100)}
         # each point's eval descends from the synth run with its K and the merge with its alpha
-        for values, _, run in points:
+        for values, _, run in recorded:
             record = reg.get(run)
             merge = reg.get(record.parents[0] if reg.get(record.parents[0]).kind == "merge"
                             else record.parents[1])

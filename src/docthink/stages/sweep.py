@@ -96,6 +96,10 @@ def points(base: PipelineRecipe, grid: dict[str, list[object]]
     (values by field, is it the base)."""
     dumped = base.model_dump(mode="json")
     base_values = {k: _get(dumped, k) for k in grid}
+    unset = [k for k, v in base_values.items() if v is None]
+    if unset:
+        raise SweepError(f"grid field {unset[0]}: the base recipe does not set it; give its "
+                         "value there (the base recipe is the point the others are compared to)")
     combos = [dict(zip(grid, combo, strict=True)) for combo in itertools.product(*grid.values())]
     out = [(p, p == base_values) for p in combos]
     if not any(is_base for _, is_base in out):
