@@ -114,3 +114,28 @@ def test_rerun_sends_no_request_twice(sample_corpus, tmp_path: Path) -> None:
     assert (tmp_path / "out" / "examples.jsonl").read_bytes() == first
     usage = last_summary()["usage"]
     assert all(u["cache_hits"] == u["requests"] > 0 for u in usage.values()), usage
+
+
+def test_first_version_trace_on_the_sample_corpus(sample_corpus, tmp_path: Path) -> None:
+    """Paper 2's first trace: every context page, in document order, irrelevant ones marked."""
+    corpus, questions = sample_corpus
+    recipe = tmp_path / "v1.yaml"
+    recipe.write_text("trace: {style: all_pages}\n")
+    synth(corpus, questions, tmp_path / "v1", "--recipe", recipe)
+    rows = {json.loads(line)["qid"]: json.loads(line) for line in questions.open()}
+    evidence = pq.read_table(tmp_path / "v1" / "evidence.parquet").to_pylist()
+    traces = {t["qid"]: t for t in pq.read_table(tmp_path / "v1" / "traces.parquet").to_pylist()}
+    assert traces.keys() == rows.keys()
+    marked = 0
+    for qid, trace in traces.items():
+        mine = {e["position"]: e for e in evidence if e["qid"] == qid}
+        assert trace["positions"] == list(range(1, len(mine) + 1))  # every page, document order
+        blocks = trace["text"].split("\n\n")
+        assert [b.split(":")[0] for b in blocks] == [f"Page {p}" for p in trace["positions"]]
+        for p, block in zip(trace["positions"], blocks, strict=True):
+            relevant = mine[p]["relevance_score"] > 1.0 and mine[p]["evidence"].strip()
+            assert (block == f"Page {p}: irrelevant") == (not relevant), block
+            marked += not relevant
+        for source in rows[qid]["source_pages"]:
+            assert not blocks[source - 1].endswith(": irrelevant")
+    assert marked > 0

@@ -507,3 +507,28 @@ def test_killed_driver_resumes_from_committed_shards(
     assert [p.name for p in markers] == [f"{i:06d}.json" for i in range(4)]
     assert sorted(p.name for p in (out / "shards").iterdir() if p.is_dir()) == sorted(
         json.loads(p.read_text())["folder"] for p in markers)
+
+
+def test_ablation_variants_change_the_requests(
+    sample_corpus, pages, questions, server, tmp_path: Path
+) -> None:
+    """No source-page note; the text branch sees the trace's page images only; the first-version
+    trace (every page, document order)."""
+    corpus, questions_path = sample_corpus
+    server.responder = Teacher(pages)
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=4,
+                          evidence={"source_note": False}, trace={"style": "all_pages"},
+                          answer={"vision_ratio": 0.0, "text_input": "images"})
+    docthink(*synth_args(corpus, questions_path, tmp_path / "out", recipe))
+    evidence = [r for r in server.received if "response_format" in r.body]
+    assert evidence and not any(SOURCE_NOTE in json.dumps(r.body) for r in evidence)
+    answers = [r for r in server.received if "response_format" not in r.body]
+    assert len(answers) == len(questions)
+    traces = {t["qid"]: t for t in table(tmp_path / "out" / "traces.parquet")}
+    for r in answers:
+        assert r.body["model"] == STAGES["answer_text"]
+        [user] = r.body["messages"]  # no system prompt, no evidence: the images and the question
+        *images, question = user["content"]
+        q = questions[question["text"]]
+        assert [pages.of(i) for i in images] == list(q.context)
+        assert traces[q.qid]["positions"] == list(range(1, len(q.context) + 1))

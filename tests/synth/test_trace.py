@@ -49,3 +49,24 @@ def test_source_floor() -> None:
     assert floored_score(2.0, True, 6.0) == 6.0
     assert floored_score(8.5, True, 6.0) == 8.5
     assert floored_score(2.0, False, 6.0) == 2.0
+
+
+def test_first_version_lists_every_page_in_document_order_irrelevant_ones_marked() -> None:
+    rows = [ev(3, 0.0), ev(1, 7.5), ev(2, 1.0), ev(4, 9.0, "  "), ev(5, 2.0, failure="timeout")]
+    trace = build_trace("q", rows, threshold=1.0, top_k=1, style="all_pages")
+    assert isinstance(trace, Trace)
+    # top_k does not apply; a failed page is left out, not called irrelevant
+    assert trace.positions == (1, 2, 3, 4)
+    assert trace.text == ("Page 1:\nevidence of page 1\n\nPage 2: irrelevant\n\n"
+                          "Page 3: irrelevant\n\nPage 4: irrelevant")
+    assert build_trace("q", [ev(1, 0.5)], threshold=1.0, top_k=16, style="all_pages") == Dropped(
+        "q", "trace", "no relevant page")
+
+
+def test_order_by_page_keeps_the_same_top_k() -> None:
+    rows = [ev(i, float(i % 10) + 0.5) for i in range(1, 41)]
+    by_score = build_trace("q", rows, threshold=1.0, top_k=5)
+    by_page = build_trace("q", rows, threshold=1.0, top_k=5, order="page")
+    assert isinstance(by_score, Trace) and isinstance(by_page, Trace)
+    assert by_page.positions == (8, 9, 19, 29, 39) == tuple(sorted(by_score.positions))
+    assert by_page.text.split("\n\n")[0] == "Page 8:\nevidence of page 8"

@@ -239,11 +239,18 @@ def leaderboard(
     csv: Annotated[Path | None, typer.Option(help="write CSV here")] = None,
     json_out: Annotated[Path | None, typer.Option("--json", help="write JSON here")] = None,
     limit: Annotated[int, typer.Option(help="rows printed (files get all)")] = 30,
+    ablation: Annotated[
+        str | None, typer.Option(help="print this ablation's table (made by `docthink sweep`)")
+    ] = None,
     registry: RegistryOpt = None,
 ) -> None:
     """Checkpoints ranked by benchmark, with and without <cot>, and the recipe that made each."""
     from docthink.registry.leaderboard import EMPTY, METRICS, build_leaderboard
     from docthink.registry.page import render_static
+
+    if ablation is not None:
+        _print_ablation(_registry(registry), ablation)
+        return
 
     try:
         board = build_leaderboard(_registry(registry), benchmark=benchmark, metric=metric)
@@ -283,6 +290,41 @@ def leaderboard(
     out_console.print(table)
     _say(f"{len(board.rows)} checkpoint{'' if len(board.rows) == 1 else 's'}; lineage of each: `docthink runs lineage EVAL_RUN`, "
          "or the --html page")
+
+
+def _print_ablation(reg: Registry, name: str) -> None:
+    from docthink.registry.ablation import ablation_table
+
+    try:
+        table = ablation_table(reg, name)
+    except KeyError as exc:
+        raise UserError(exc.args[0]) from None
+    _say(f"ablation {name}: accuracy in % [95% bootstrap interval]; vs base: paired difference "
+         "on the same questions")
+    for line in table.lines():
+        typer.echo(line)
+
+
+@app.command()
+def sweep(
+    base: Annotated[Path, typer.Argument(help="pipeline recipe: synth, export, train, merge, "
+                                         "eval sections")],
+    grid: Annotated[list[str], typer.Argument(help="FIELD=V1,V2 ... (trace.top_k=8,16 "
+                                              "merge.alpha=0.25,0.5)")],
+    name: Annotated[str, typer.Option(help="the ablation's name in the registry")],
+    out: Annotated[Path, typer.Option(help="folder for every stage's outputs")] = Path("sweep"),
+    runs_dir: RunsDir = Path("runs"),
+    registry: RegistryOpt = None,
+) -> None:
+    """A base recipe and a grid of its fields -> the runs of every point (those done before,
+    same recipe hash, are not run again), grouped as one ablation; prints its table."""
+    from docthink.stages.sweep import sweep as run_sweep
+
+    results = run_sweep(name, base, grid, out, registry, runs_dir, _say)
+    ran = sum(not r.reused for p in results for r in p.runs)
+    _say(f"ablation {name}: {len(results)} points, {ran} stage runs made, "
+         f"{sum(len(p.runs) for p in results) - ran} found done")
+    _print_ablation(_registry(registry), name)
 
 
 @app.command()

@@ -146,6 +146,12 @@ class Corpus:
             stored[ref.page] = record
         return self._image_part(ref, stored[ref.page], policy)
 
+    def stored_image(self, ref: PageRef, policy: RenderPolicy) -> Path | None:
+        """The page's stored image under `policy`, or None when it was never rendered (nothing
+        is rendered or recorded here: what a reader such as the web UI asks)."""
+        record = self._stored_pages(self._document_of(ref), policy).get(ref.page)
+        return None if record is None else self._images.path(record.image_sha256, policy)
+
     def ensure_images(
         self,
         refs: Sequence[PageRef],

@@ -16,8 +16,9 @@ import heapq
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import cast
 
 import orjson
 
@@ -135,6 +136,14 @@ def _checkpoint(kind: str | None, model: str | None, path: str | None,
     if kind == "local":  # a checkpoint folder: train or merge output
         return str(path)
     return str(model)
+
+
+def checkpoint_of(recipe: Mapping[str, object]) -> str:
+    """The checkpoint an eval run's recipe evaluated, named as on the board."""
+    # a recorded model spec; which of these fields it has depends on its kind
+    model = cast(dict[str, str | None], recipe["model"])
+    return _checkpoint(model["kind"], model.get("model"), model.get("path"),
+                       model.get("similarity"))
 
 
 # -- the materialised table: one row per successful eval run -------------------------------------

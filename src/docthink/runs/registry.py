@@ -177,6 +177,23 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN cwd TEXT;
     """,
+    # 8: ablations made by `docthink sweep`: a base pipeline recipe and a grid of its fields; each
+    # point (the varied fields' values) names the eval run that scored it.
+    """
+    CREATE TABLE ablations (
+        name TEXT PRIMARY KEY,
+        base TEXT NOT NULL,              -- JSON: the base pipeline recipe
+        grid TEXT NOT NULL,              -- JSON {field: [values]}
+        created_at TEXT NOT NULL
+    );
+    CREATE TABLE ablation_points (
+        ablation TEXT NOT NULL REFERENCES ablations(name),
+        point TEXT NOT NULL,             -- JSON {field: value}, fields in grid order
+        is_base INTEGER NOT NULL,        -- 1: the base recipe's own values
+        eval_run TEXT NOT NULL REFERENCES runs(id),
+        PRIMARY KEY (ablation, point)
+    );
+    """,
 )
 
 
@@ -523,6 +540,34 @@ class Registry:
             )
         assert cursor.lastrowid is not None
         return cursor.lastrowid
+
+    def record_ablation(self, name: str, base: dict[str, object], grid: dict[str, list[object]],
+                        points: Sequence[tuple[dict[str, object], bool, str]]) -> None:
+        """An ablation and its points ((varied values, is the base, eval run id)); recording the
+        same name again replaces its definition and points."""
+        with self.write() as db:
+            db.execute("DELETE FROM ablation_points WHERE ablation = ?", (name,))
+            db.execute("INSERT OR REPLACE INTO ablations (name, base, grid, created_at)"
+                       " VALUES (?, ?, ?, ?)", (name, json.dumps(base), json.dumps(grid),
+                                                 datetime.now(UTC).isoformat()))
+            db.executemany("INSERT INTO ablation_points (ablation, point, is_base, eval_run)"
+                           " VALUES (?, ?, ?, ?)",
+                           [(name, json.dumps(point), int(is_base), run_id)
+                            for point, is_base, run_id in points])
+
+    def ablations(self) -> list[str]:
+        return [n for (n,) in self.db.execute("SELECT name FROM ablations ORDER BY created_at")]
+
+    def ablation(self, name: str) -> tuple[dict[str, list[object]],
+                                          list[tuple[dict[str, object], bool, str]]]:
+        """The grid and the points of an ablation (KeyError when there is none of that name)."""
+        row = self.db.execute("SELECT grid FROM ablations WHERE name = ?", (name,)).fetchone()
+        if row is None:
+            raise KeyError(f"no ablation named {name!r}")
+        points = [(json.loads(p), bool(b), r) for p, b, r in self.db.execute(
+            "SELECT point, is_base, eval_run FROM ablation_points WHERE ablation = ?"
+            " ORDER BY rowid", (name,))]
+        return json.loads(row[0]), points
 
     def add_tags(self, run_id: str, tags: Iterable[str]) -> None:
         self._require(run_id)

@@ -108,6 +108,7 @@ async def collect_evidence(
             is_source=ref in question.source,
             temperature=settings.temperature,
             max_tokens=settings.max_tokens,
+            source_note=settings.source_note,
         )
         for question, ref in pairs
     ]
@@ -169,11 +170,12 @@ async def answer_questions(
     answers: list[Answer] = []
     for branch, model in (("vision", models.answer_vision), ("text", models.answer_text)):
         batch = by_branch[branch]
-        if branch == "vision":
+        if branch == "vision" or settings.text_input == "images":
             requests = [
                 rq.vision_answer_request(
                     [images[q.context[p - 1]] for p in t.positions], q.text,
                     temperature=settings.temperature, max_tokens=settings.max_tokens,
+                    purpose=f"answer-{branch}",
                 )
                 for q, t in batch
             ]
@@ -264,8 +266,10 @@ async def synthesize_shard(
     for question in questions:
         evidence = by_qid[question.qid]
         drop = failure_drop(question.qid, evidence, recipe.evidence.on_failure)
+        settings = recipe.trace
         outcome = drop or build_trace(
-            question.qid, evidence, threshold=recipe.trace.threshold, top_k=recipe.trace.top_k
+            question.qid, evidence, threshold=settings.threshold, top_k=settings.top_k,
+            style=settings.style, order=settings.order,
         )
         if isinstance(outcome, Dropped):
             rows.dropped.append(outcome)

@@ -13,6 +13,7 @@ from docthink.corpus.policy import RenderPolicy
 from docthink.engine.executor import ExecutorSpec
 from docthink.models.specs import ModelSpec, TeacherSpec
 from docthink.recipe import Recipe, in_order
+from docthink.synth.trace import TraceOrder, TraceStyle
 
 
 class SynthModelSpecs(Recipe):
@@ -37,6 +38,10 @@ class EvidenceSettings(Recipe):
     source_floor: float = Field(
         6.0, ge=0, le=10, description="source pages' scores are raised to at least this"
     )
+    source_note: bool = Field(
+        True, description="tell the extractor a source page is known to be relevant (score 6-10); "
+        "false: the request is the same as for any page (the floor still applies)"
+    )
     on_failure: Literal["skip_page", "drop_if_source", "drop_question"] = Field(
         "drop_if_source",
         description="a page whose request failed after retries: skip_page keeps the question "
@@ -48,12 +53,25 @@ class EvidenceSettings(Recipe):
 class TraceSettings(Recipe):
     threshold: float = Field(1.0, ge=0, description="keep pages scoring above this")
     top_k: int = Field(16, ge=1, description="pages kept in a trace (reference code: 8, then 24)")
+    style: TraceStyle = Field(
+        "sorted", description="sorted: paper 2's second version (relevant pages only, top K); "
+        "all_pages: its first version (every page in document order, the others written "
+        "'Page i: irrelevant'; top_k and order do not apply)"
+    )
+    order: TraceOrder = Field(
+        "score", description="order of the kept pages: score (most relevant first) or page"
+    )
 
 
 class AnswerSettings(Recipe):
     vision_ratio: float = Field(
         0.5, ge=0, le=1,
         description="share of questions answered from images; the rest from the trace",
+    )
+    text_input: Literal["evidence", "images"] = Field(
+        "evidence", description="what the text branch's model sees with the question: the trace's "
+        "evidence (text only), or the trace's page images only (no evidence; then answer_text must "
+        "read images)"
     )
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=16)

@@ -13,10 +13,12 @@ from docthink.synth import PROMPTS
 
 
 def evidence_request(
-    image: ImagePart, question: str, *, is_source: bool, temperature: float, max_tokens: int
+    image: ImagePart, question: str, *, is_source: bool, temperature: float, max_tokens: int,
+    source_note: bool = True,
 ) -> ChatRequest:
+    """`source_note`: a source page's request says the page is known to be relevant."""
     parts: list[TextPart | ImagePart] = [image]
-    if is_source:
+    if is_source and source_note:
         parts.append(TextPart(PROMPTS["evidence_source_note"].text))
     parts.append(TextPart(question))
     return ChatRequest(
@@ -32,14 +34,15 @@ def evidence_request(
 
 
 def vision_answer_request(
-    images: Sequence[ImagePart], question: str, *, temperature: float, max_tokens: int
+    images: Sequence[ImagePart], question: str, *, temperature: float, max_tokens: int,
+    purpose: str = "answer-vision",
 ) -> ChatRequest:
     """The top-K page images in relevance order and the bare question, nothing else."""
     return ChatRequest(
         messages=(Message("user", (*images, TextPart(question))),),
         temperature=temperature,
         max_tokens=max_tokens,
-        purpose="answer-vision",
+        purpose=purpose,
     )
 
 
