@@ -98,7 +98,7 @@ def test_success_sends_the_request_and_records_usage(server: OpenAIServer) -> No
     assert received.headers["Content-Type"] == "application/json"
     assert "authorization" not in {h.lower() for h in received.headers}  # no key configured
     assert model.usage.as_dict() | {"latency_s": 0} == {
-        "requests": 1, "cache_hits": 0, "failures": 0, "retries": 0, "prompt_tokens": 11,
+        "requests": 1, "cache_hits": 0, "failures": 0, "retries": 0, "sent": 1, "prompt_tokens": 11,
         "completion_tokens": 5, "latency_s": 0, "failure_reasons": {},
     }  # fmt: skip
 
@@ -206,6 +206,20 @@ def test_invalid_output_fails_after_the_bound(server: OpenAIServer) -> None:
         "unable to parse string as an integer"
     )
     assert failure.attempts == 2 and len(server.received) == 2
+    # both replies were generated and count, as the server counts them
+    assert (failure.usage.prompt_tokens, failure.usage.completion_tokens) == (2 * 7, 2 * 3)
+    usage = model.usage.as_dict()
+    assert (usage["sent"], usage["prompt_tokens"], usage["completion_tokens"]) == (2, 14, 6)
+
+
+def test_a_re_ask_that_fails_keeps_the_cost_of_the_replies_before_it(server: OpenAIServer) -> None:
+    server.script(Reply('{"value": 3, "lab'), Error(400, "too long now"))
+    model = OpenAICompatModel(make_spec(server.url, max_validation_retries=2))
+    failure = one(model, ask("q", Answer))
+    assert isinstance(failure, RequestFailed)
+    assert (failure.reason, failure.attempts) == ("http 400: too long now", 2)
+    assert (failure.usage.prompt_tokens, failure.usage.completion_tokens) == (7, 3)
+    assert model.usage.sent == len(server.received) == 2
 
 
 def test_400_fails_at_once_with_the_server_message(server: OpenAIServer) -> None:

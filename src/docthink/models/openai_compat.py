@@ -120,7 +120,11 @@ class OpenAICompatModel:
         schema = request.response_model
         attempts, prompt_tokens, completion_tokens, problem = 0, 0, 0, ""
         for _ in range(self.spec.max_validation_retries + 1):
-            text, usage, attempts = await self._send(_body(messages, params), attempts)
+            try:
+                text, usage, attempts = await self._send(_body(messages, params), attempts)
+            except RequestFailed as failed:  # after a re-ask: the replies before it still cost
+                raise RequestFailed(failed.reason, failed.attempts,
+                                    Usage(prompt_tokens, completion_tokens)) from None
             prompt_tokens += usage.prompt_tokens
             completion_tokens += usage.completion_tokens
             try:
@@ -132,7 +136,8 @@ class OpenAICompatModel:
             latency = time.perf_counter() - started
             total = Usage(prompt_tokens, completion_tokens)
             return ChatResult(text, parsed, total, self.name, latency, attempts)
-        raise RequestFailed(f"invalid output: {problem}", attempts)
+        raise RequestFailed(f"invalid output: {problem}", attempts,
+                            Usage(prompt_tokens, completion_tokens))
 
     def _messages(self, request: ChatRequest) -> list[bytes]:
         try:
