@@ -94,7 +94,7 @@ class OpenAICompatModel:
         self.images = images or ImageParts()
         timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self._endpoints = [_endpoint(e, timeout) for e in spec.endpoints]
-        self._keys = [k for k in map(_api_key, spec.endpoints) if k]
+        self._keys = [k for k in map(api_key, spec.endpoints) if k]
         self._next = 0  # round-robin position among equally loaded endpoints
 
     def __repr__(self) -> str:
@@ -240,7 +240,7 @@ class OpenAICompatModel:
         return reason
 
 
-def _api_key(spec: EndpointSpec) -> str | None:
+def api_key(spec: EndpointSpec) -> str | None:
     if spec.api_key is not None:
         return spec.api_key.get_secret_value()
     if spec.api_key_env is not None:
@@ -250,7 +250,7 @@ def _api_key(spec: EndpointSpec) -> str | None:
 
 def _endpoint(spec: EndpointSpec, timeout: aiohttp.ClientTimeout) -> _Endpoint:
     headers = {"Content-Type": "application/json"}
-    key = _api_key(spec)
+    key = api_key(spec)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     url = spec.base_url.rstrip("/") + "/chat/completions"
