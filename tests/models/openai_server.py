@@ -1,7 +1,8 @@
 """A real OpenAI chat-completions server on 127.0.0.1 for tests, with scripted replies and faults.
 
 Each request takes the next action from the script (`server.script(...)`); when the script is empty
-the `responder` decides from the request body (default: `Reply()`). Every request is recorded
+the `responder` decides from the request body (default: `Reply()`). `GET /v1/models` lists
+`server.models` (model cards, as vLLM writes them), or is a 404 while that is None. Every request is recorded
 (`server.received`) with its headers and parsed body, and the server tracks the most requests it
 had in flight at once, so a test can assert exact requests, counts and concurrency.
 
@@ -117,6 +118,7 @@ def free_port() -> int:
 class OpenAIServer:
     def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None) -> None:
         self.responder = responder or (lambda body: Reply())
+        self.models: list[dict[str, Any]] | None = None
         self.received: list[Received] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -160,6 +162,7 @@ class OpenAIServer:
         self._release = asyncio.Event()
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/chat/completions", self._chat)
+        app.router.add_get("/v1/models", self._models)
         app.on_shutdown.append(lambda app: self._release_hung())
         self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -170,6 +173,11 @@ class OpenAIServer:
         self._release = asyncio.Event()
         while self.in_flight:
             await asyncio.sleep(0.001)
+
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        if self.models is None:
+            raise web.HTTPNotFound()
+        return web.json_response({"object": "list", "data": self.models})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         body = orjson.loads(await request.read())

@@ -43,7 +43,7 @@ def page_pixels(size_pt: tuple[float, float], policy: RenderPolicy) -> tuple[int
 def image_tokens(width: int, height: int, rule: ImageTokens) -> int:
     """Tokens of one image of this size, delimiters included (Qwen-VL's `smart_resize`)."""
     f = rule.token_pixels
-    h, w = max(f, round(height / f) * f), max(f, round(width / f) * f)
+    h, w = round(height / f) * f, round(width / f) * f
     if h * w > rule.max_pixels:
         beta = math.sqrt(height * width / rule.max_pixels)
         h = max(f, math.floor(height / beta / f) * f)
