@@ -18,9 +18,10 @@ decoding caller asks for, and training treats them as ordinary targets the model
 The model's vocabulary is exactly the tokenizer's, so every id the model can emit decodes.
 
 Images. Pages become few tokens: `max_pixels` is 16 merged patches (16 image tokens per page at
-most), `min_pixels` 4. The chat template has no default system prompt, so a request with a system
-message that is only `<cot>` and one without any differ by exactly that message; assistant turns
-are wrapped in `{% generation %}` so TRL can mask everything but the answer.
+most, unless `max_image_tokens` says otherwise), `min_pixels` 4. The chat template has no
+default system prompt, so a request with a system message that is only `<cot>` and one without any
+differ by exactly that message; assistant turns are wrapped in `{% generation %}` so TRL can mask
+everything but the answer.
 
 Needs torch, transformers and torchvision (the `local` extra).
 """
@@ -167,7 +168,7 @@ def _configs(family: Family, vocab: int, ids: dict[str, int], head_dim: int) -> 
                          initializer_range=INIT, **tokens)  # fmt: skip
 
 
-def _processor(family: Family, tokenizer: Any) -> Any:
+def _processor(family: Family, tokenizer: Any, max_image_tokens: int) -> Any:
     from transformers import (
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
@@ -178,7 +179,7 @@ def _processor(family: Family, tokenizer: Any) -> Any:
 
     patch = 14 if family == "qwen2.5-vl" else 16
     merged = (patch * 2) ** 2  # pixels per image token (2x2 patches merge into one)
-    size = {"shortest_edge": 4 * merged, "longest_edge": 16 * merged}
+    size = {"shortest_edge": 4 * merged, "longest_edge": max_image_tokens * merged}
     image = Qwen2VLImageProcessor(size=size, patch_size=patch, temporal_patch_size=2, merge_size=2)
     if family == "qwen2.5-vl":
         video = Qwen2VLVideoProcessor(size=size, patch_size=patch, temporal_patch_size=2,
@@ -198,6 +199,7 @@ def build_tiny_vlm(
     texts: Iterable[str] | None = None,
     vocab_size: int = 2048,
     head_dim: int = HEAD_DIM,
+    max_image_tokens: int = 16,
 ) -> Path:
     """Write a tiny random `family` checkpoint to `out` (created) and return `out`.
 
@@ -205,7 +207,8 @@ def build_tiny_vlm(
     prompt files) up to `vocab_size` tokens, fewer if the texts hold fewer merges; the model's
     vocabulary is the tokenizer's. The text model's attention heads are `head_dim` wide (16, 32 or
     64: the width, 64, holds 64 / head_dim heads); the default is what vLLM's CPU backend serves.
-    Same arguments, same bytes."""
+    An image becomes at most `max_image_tokens` tokens (16384 is Qwen2.5-VL's own budget: a page
+    then costs what it costs a real model). Same arguments, same bytes."""
     if head_dim not in (16, 32, 64):
         raise ValueError(f"head_dim {head_dim}: must be 16, 32 or 64 (heads of a width-64 model, "
                          "mrope sections of head_dim / 2)")
@@ -226,5 +229,5 @@ def build_tiny_vlm(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    _processor(family, tokenizer).save_pretrained(out)
+    _processor(family, tokenizer, max_image_tokens).save_pretrained(out)
     return out

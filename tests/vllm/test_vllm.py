@@ -239,7 +239,8 @@ def test_resume_after_sigkill_mid_evidence_sends_no_finished_request_again(
     first = served.server.metrics() - before
     with sqlite3.connect(out / "cache.sqlite") as db:
         committed = db.execute("SELECT count(*) FROM results").fetchone()[0]
-    assert 60 <= committed <= first["posts"] and committed < total
+    # every committed answer came from the server; the kill came mid-evidence
+    assert 0 < committed <= first["posts"] and committed < total
 
     before = served.server.metrics()
     docthink(*synth_args(recipe, tmp_path / "runs"))
