@@ -6,11 +6,16 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 
 
-def start_servers(script: str, port: int, n: int) -> list[subprocess.Popen[bytes]]:
-    """`n` processes running `script --serve PORT` (they share the port with SO_REUSEPORT)."""
-    servers = [subprocess.Popen([sys.executable, script, "--serve", str(port)]) for _ in range(n)]
+def start_servers(
+    script: str, port: int, n: int, options: Sequence[str] = ()
+) -> list[subprocess.Popen[bytes]]:
+    """`n` processes running `script --serve PORT [options]` (they share the port with
+    SO_REUSEPORT)."""
+    command = [sys.executable, script, "--serve", str(port), *options]
+    servers = [subprocess.Popen(command) for _ in range(n)]
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
         try:

@@ -2,7 +2,7 @@
 
 Claim: on 2 cores the pipeline issues at least 500 evidence requests/s (each with a page image,
 ~127 KB PNG), so the pipeline, not a vLLM fleet behind it, is never the limit. The run is the
-CLI's own `run_synth` in-process (stage models are `OpenAICompatModel`s behind a `CachedModel` on
+synth stage run in-process (`run_stage(STAGES["synth"], ...)`) (stage models are `OpenAICompatModel`s behind a `CachedModel` on
 a new request cache, as `docthink synth` builds them) over a generated corpus (`docthink samples`,
 then ingest) with whole-document questions. The server runs in separate processes (SO_REUSEPORT),
 reads each body and answers at once: evidence requests (the ones asking for structured output)
@@ -13,6 +13,19 @@ reported on its own), "warm" has every image stored but a new request cache. Rep
 requests/s over the evidence stage (requests built, sent, parsed, cached, rows made) and over the
 whole run (rendering, answers, tables, data card and run record included), medians of --runs.
 
+Baseline, in the same run, after each warm run: the same evidence requests sent by `AsyncOpenAI`
+(the openai package, its default httpx transport) with the same concurrency to the same servers:
+the stage's (question, page) pairs in its order, the same stored page images, system prompt,
+source-page note, question, response_format, temperature and max_tokens, each page image read and
+base64-encoded once (as docthink encodes it once), a fixed pool of workers taking requests in order
+(as docthink's executor does), each reply's content validated with the same pydantic model. It is
+timed like docthink's evidence stage: wall clock, this process's CPU and the servers', from the
+first request built to the last reply parsed. docthink's stage does more in its span (each image's
+sha256 checked when it is encoded, a request cache row committed per result, the evidence rows).
+Before the timed runs, one docthink run and one baseline run are sent to a recording server, which
+checks that both clients sent the same evidence requests: the same bodies, equal as JSON, the same
+number of times.
+
     python benchmarks/bench_synth_throughput.py [--docs 20] [--min-requests 5000] [--runs 3]
         [--profile warm.prof]   # an extra profiled warm run, top functions printed
 """
@@ -20,8 +33,11 @@ whole run (rendering, answers, tables, data card and run record included), media
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import contextlib
 import cProfile
+import hashlib
 import json
 import math
 import os
@@ -33,22 +49,28 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import openai
 import orjson
 import psutil
 from _servers import free_port, start_servers
 
-from docthink.cli import run_synth
+from docthink.core.parts import ImagePart
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.ingest import ingest
 from docthink.corpus.samples import write_sample_pdfs
-from docthink.synth import pipeline
+from docthink.models.tasks import EvidenceReply
+from docthink.questions.rows import read_question_rows, resolve
+from docthink.stages import STAGES, run_stage
+from docthink.synth import PROMPTS, pipeline
 from docthink.synth.recipe import SynthRecipe
 
 GOAL = 500.0  # evidence requests/s on 2 cores
+EVIDENCE_MODEL = "bench-vl"
 
 EVIDENCE_TEXT = (
     "The page reports revenue of 4,812 million euros for the year, up from 4,390 million, in a "
@@ -81,19 +103,34 @@ EVIDENCE = [
 ANSWER = _completion("4,812 million euros.")
 
 
-def serve(port: int) -> None:
-    """One server process; several share the port (SO_REUSEPORT)."""
+def serve(port: int, record: Path | None) -> None:
+    """One server process; several share the port (SO_REUSEPORT). With `record`, it appends the
+    canonical hash of each evidence request's body to that file."""
     from aiohttp import web
+
+    log = None if record is None else record.open("a", encoding="utf-8")
 
     async def chat(request: web.Request) -> web.Response:
         body = await request.read()
-        reply = EVIDENCE[len(body) % 11] if b'"response_format"' in body else ANSWER
+        evidence = b'"response_format"' in body
+        if evidence and log is not None:
+            log.write(canonical_hash(body) + "\n")
+            log.flush()
+        reply = EVIDENCE[len(body) % 11] if evidence else ANSWER
         return web.Response(body=reply, content_type="application/json")
 
     app = web.Application(client_max_size=256 * 1024 * 1024)
     app.router.add_post("/v1/chat/completions", chat)
     web.run_app(app, host="127.0.0.1", port=port, reuse_port=True, access_log=None, print=None,
                 backlog=1024)  # fmt: skip
+
+
+def canonical_hash(body: bytes) -> str:
+    """sha256 of a request body as JSON with sorted keys and no spaces: equal for equal requests,
+    whichever client serialized them."""
+    data = json.loads(body)
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def make_corpus(work: Path, docs: int, min_requests: int) -> tuple[Path, Path, int]:
@@ -206,7 +243,8 @@ def one_run(recipe: SynthRecipe, work: Path, servers: list[psutil.Process],
     with timings.span("whole"), instrumented(timings), contextlib.redirect_stdout(sys.stderr):
         if profiler is not None:
             profiler.enable()
-        run_synth(recipe, work / "runs", work / "registry.sqlite")
+        run_stage(STAGES["synth"], recipe, runs_dir=work / "runs",
+                  registry=work / "registry.sqlite")
         if profiler is not None:
             profiler.disable()
     summary = json.loads(
@@ -236,9 +274,137 @@ def clear_images(corpus: Path) -> None:
         (corpus / f"renders.sqlite{suffix}").unlink(missing_ok=True)
 
 
+@dataclass(frozen=True)
+class EvidenceCall:
+    """One evidence request as the baseline starts from it (docthink's stage starts from the same:
+    questions read, page images looked up in the store)."""
+
+    question: str
+    is_source: bool
+    image: ImagePart
+
+
+def evidence_calls(recipe: SynthRecipe) -> list[EvidenceCall]:
+    """The evidence stage's (question, page) pairs, in its order, with their stored images."""
+    rows = read_question_rows(recipe.questions)
+    with Corpus.open(recipe.corpus) as corpus:
+        n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
+        questions, dropped = resolve(rows, n_pages, recipe.questions)
+        assert not dropped, dropped
+        pairs = pipeline.evidence_order(questions)
+        refs = sorted({ref for _, ref in pairs}, key=lambda r: (r.doc_id, r.page))
+        images = dict(zip(refs, corpus.ensure_images(refs, recipe.image), strict=True))
+    return [EvidenceCall(q.text, ref in q.source, images[ref]) for q, ref in pairs]
+
+
+@dataclass
+class BaselineResult:
+    evidence_s: float
+    evidence_requests: int
+    evidence_cpu_s: float
+    evidence_server_cpu_s: float
+
+    @property
+    def evidence_rps(self) -> float:
+        return self.evidence_requests / self.evidence_s
+
+    @property
+    def evidence_cpu_ms(self) -> float:
+        return 1000 * self.evidence_cpu_s / self.evidence_requests
+
+    @property
+    def evidence_server_cpu_ms(self) -> float:
+        return 1000 * self.evidence_server_cpu_s / self.evidence_requests
+
+    @property
+    def cpu_busy(self) -> float:
+        return self.evidence_cpu_s / self.evidence_s
+
+
+async def baseline_evidence(url: str, calls: list[EvidenceCall], recipe: SynthRecipe,
+                            timings: Timings) -> list[EvidenceReply]:
+    """The evidence requests through `AsyncOpenAI`, `recipe.concurrency` at a time, each reply
+    validated; the span "evidence" of `timings` covers building, sending and parsing."""
+    system = PROMPTS["evidence_system"].text
+    source_note = PROMPTS["evidence_source_note"].text
+    response_format = {
+        "type": "json_schema",
+        "json_schema": {"name": EvidenceReply.model_json_schema()["title"],
+                        "schema": EvidenceReply.model_json_schema(), "strict": True},
+    }
+    settings = recipe.evidence
+    client = openai.AsyncOpenAI(base_url=url, api_key="bench", max_retries=0)
+    data_urls: dict[str, str] = {}  # by image content hash: each image encoded once
+    results: list[EvidenceReply | None] = [None] * len(calls)
+    next_index = iter(range(len(calls)))
+
+    def image_url(image: ImagePart) -> str:
+        if image.sha256 not in data_urls:
+            encoded = base64.b64encode(image.path.read_bytes()).decode("ascii")
+            data_urls[image.sha256] = f"data:{image.mime};base64,{encoded}"
+        return data_urls[image.sha256]
+
+    def messages(call: EvidenceCall) -> list[dict[str, object]]:
+        content: list[dict[str, object]] = [
+            {"type": "image_url", "image_url": {"url": image_url(call.image)}}
+        ]
+        if call.is_source:
+            content.append({"type": "text", "text": source_note})
+        content.append({"type": "text", "text": call.question})
+        return [{"role": "system", "content": system}, {"role": "user", "content": content}]
+
+    async def worker() -> None:
+        for index in next_index:
+            reply = await client.chat.completions.create(
+                model=EVIDENCE_MODEL, messages=messages(calls[index]),
+                temperature=settings.temperature, max_tokens=settings.max_tokens,
+                response_format=response_format,
+            )
+            results[index] = EvidenceReply.model_validate_json(reply.choices[0].message.content)
+
+    with timings.span("evidence"):
+        await asyncio.gather(*(worker() for _ in range(min(recipe.concurrency, len(calls)))))
+    await client.close()
+    return [r for r in results if r is not None]
+
+
+def baseline_run(url: str, recipe: SynthRecipe, servers: list[psutil.Process]) -> BaselineResult:
+    calls = evidence_calls(recipe)
+    timings = Timings(servers)
+    parsed = asyncio.run(baseline_evidence(url, calls, recipe, timings))
+    assert len(parsed) == len(calls), "a baseline request returned no evidence"
+    return BaselineResult(timings.spans["evidence"], len(calls), timings.cpu["evidence"],
+                          timings.server_cpu["evidence"])  # fmt: skip
+
+
+def check_same_requests(work: Path, corpus: Path, questions: Path, concurrency: int) -> int:
+    """One docthink run and one baseline run, each against its own recording server; asserts that
+    they sent the same evidence requests and returns how many."""
+    recorded: dict[str, Counter[str]] = {}
+    for client in ("docthink", "AsyncOpenAI"):
+        bodies = work / f"bodies-{client}.txt"
+        port = free_port()
+        recorder = start_servers(__file__, port, 1, ["--record", str(bodies)])
+        url = f"http://127.0.0.1:{port}/v1"
+        recipe = recipe_for(url, corpus, questions, work / f"out-record-{client}", concurrency)
+        try:
+            if client == "docthink":
+                with contextlib.redirect_stdout(sys.stderr):
+                    run_stage(STAGES["synth"], recipe, runs_dir=work / "runs",
+                              registry=work / "registry.sqlite")
+            else:
+                baseline_run(url, recipe, [])
+        finally:
+            recorder[0].terminate()
+            recorder[0].wait()
+        recorded[client] = Counter(bodies.read_text(encoding="utf-8").split())
+    assert recorded["docthink"] == recorded["AsyncOpenAI"], "the clients sent different requests"
+    return sum(recorded["docthink"].values())
+
+
 def recipe_for(url: str, corpus: Path, questions: Path, out: Path,
                concurrency: int) -> SynthRecipe:
-    model = {"kind": "openai", "model": "bench-vl",
+    model = {"kind": "openai", "model": EVIDENCE_MODEL,
              "endpoints": [{"base_url": url, "api_key_env": None, "max_concurrency": concurrency}],
              "max_retries": 0}
     return SynthRecipe.model_validate({
@@ -257,21 +423,24 @@ def main() -> None:
     parser.add_argument("--servers", type=int, default=2)
     parser.add_argument("--profile", type=Path, help="cProfile one extra warm run into this file")
     parser.add_argument("--serve", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--record", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve)
+        serve(args.serve, args.record)
         return
     work = Path(tempfile.mkdtemp(prefix="bench_synth_"))
     os.environ["DOCTHINK_REGISTRY"] = str(work / "registry.sqlite")
     servers: list[subprocess.Popen[bytes]] = []
     try:
         corpus, questions, pages = make_corpus(work, args.docs, args.min_requests)
+        same = check_same_requests(work, corpus, questions, args.concurrency)
         load_before = os.getloadavg()[0]
         port = free_port()
         servers = start_servers(__file__, port, args.servers)
         procs = [psutil.Process(s.pid) for s in servers]
         url = f"http://127.0.0.1:{port}/v1"
         results: dict[str, list[RunResult]] = {"cold": [], "warm": []}
+        baseline: list[BaselineResult] = []
         for rep in range(args.runs):
             for kind in ("cold", "warm"):
                 if kind == "cold":
@@ -279,7 +448,8 @@ def main() -> None:
                 recipe = recipe_for(url, corpus, questions, work / f"out-{rep}-{kind}",
                                     args.concurrency)
                 results[kind].append(one_run(recipe, work, procs, None))
-        report(args, pages, results, (load_before, os.getloadavg()[0]))
+            baseline.append(baseline_run(url, recipe, procs))
+        report(args, pages, results, baseline, same, (load_before, os.getloadavg()[0]))
         if args.profile:  # one more warm run, not in the figures above
             profiler = cProfile.Profile()
             recipe = recipe_for(url, corpus, questions, work / "out-profile", args.concurrency)
@@ -295,7 +465,7 @@ def main() -> None:
 
 
 def report(args: argparse.Namespace, pages: int, results: dict[str, list[RunResult]],
-           load: tuple[float, float]) -> None:
+           baseline: list[BaselineResult], same: int, load: tuple[float, float]) -> None:
     first = results["warm"][0]
     print(f"python {platform.python_version()}, {os.cpu_count()} CPUs (load average "
           f"{load[0]:.1f} before, {load[1]:.1f} after); {args.docs} sample docs, {pages} pages; "
@@ -319,6 +489,18 @@ def report(args: argparse.Namespace, pages: int, results: dict[str, list[RunResu
               f"{m['evidence_rps']:>11.0f} {m['answer_s']:>8.2f} {m['whole_s']:>7.2f} "
               f"{m['whole_rps']:>17.0f} {m['evidence_cpu_ms']:>10.3f} "
               f"{m['evidence_server_cpu_ms']:>13.3f} {m['cpu_busy']:>6.0%}   {each}")
+    b = {
+        name: statistics.median(getattr(r, name) for r in baseline)
+        for name in ("evidence_s", "evidence_rps", "evidence_cpu_ms", "evidence_server_cpu_ms",
+                     "cpu_busy")
+    }
+    each = ", ".join(f"{r.evidence_rps:.0f}" for r in baseline)
+    print(f"baseline, AsyncOpenAI sending the same evidence requests (after each warm run): "
+          f"{b['evidence_s']:.2f} s, {b['evidence_rps']:.0f} req/s, CPU {b['evidence_cpu_ms']:.3f} "
+          f"ms/req, server {b['evidence_server_cpu_ms']:.3f} ms/req, on CPU {b['cpu_busy']:.0%}; "
+          f"runs (req/s): {each}")
+    print(f"(same requests checked before the timed runs: {same} evidence bodies recorded from "
+          "each client, equal as JSON, each as many times)")
     print("(evid. s: the evidence stage: requests built, sent, parsed, cached, turned into rows; "
           "CPU ms/req: this process's CPU per evidence request in that stage, server ms/req the "
           "server's; on CPU: the share of the stage this process ran)")
@@ -326,9 +508,10 @@ def report(args: argparse.Namespace, pages: int, results: dict[str, list[RunResu
         stage, whole = medians[kind]["evidence_rps"], medians[kind]["whole_rps"]
         ceiling = 1000 / medians[kind]["evidence_cpu_ms"]
         verdict = "meets" if stage >= GOAL else "MISSES"
-        print(f"{kind}: evidence stage {stage:.0f} req/s = {stage / GOAL:.2f}x the {GOAL:.0f} "
-              f"req/s goal ({verdict}); whole run {whole / GOAL:.2f}x; CPU-bound ceiling of the "
-              f"pipeline on one free core {ceiling:.0f} req/s = {ceiling / GOAL:.2f}x")
+        print(f"{kind}: evidence stage {stage:.0f} req/s = {stage / b['evidence_rps']:.2f}x "
+              f"AsyncOpenAI's {b['evidence_rps']:.0f} req/s, {stage / GOAL:.2f}x the {GOAL:.0f} "
+              f"req/s goal ({verdict}); whole run {whole / GOAL:.2f}x the goal; CPU-bound ceiling "
+              f"of the pipeline on one free core {ceiling:.0f} req/s = {ceiling / GOAL:.2f}x")
 
 
 if __name__ == "__main__":

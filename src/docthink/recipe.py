@@ -3,8 +3,8 @@ overridden by command-line flags. The resolved recipe is what the run folder and
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml

@@ -18,7 +18,7 @@ from docthink.questions.card import context_section
 from docthink.questions.contexts import ContextSource, build_context
 from docthink.questions.embed import PageIndex
 from docthink.questions.negatives import (
-    brute_force_negatives,
+    HardNegatives,
     excluded_doc_ids,
     rank_negatives,
     similarity_gap,
@@ -38,6 +38,20 @@ MINILM_DOCS = (
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     vectors = np.random.default_rng(seed).standard_normal((n, dim)).astype(np.float32)
     return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def brute_force_negatives(vectors: np.ndarray, docs: np.ndarray, k: int) -> HardNegatives:
+    """The oracle: the whole n x n similarity matrix and a stable full sort of every row (equal
+    scores in row order), a different route to the ranking than the blocked argpartition."""
+    sims = vectors @ vectors.T
+    sims[docs[:, None] == docs[None, :]] = -np.inf
+    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+    top_scores = np.take_along_axis(sims, order, axis=1)
+    found = np.isfinite(top_scores)
+    return HardNegatives(
+        np.where(found, order, -1).astype(np.int32),
+        np.where(found, top_scores, -np.inf).astype(np.float32),
+    )
 
 
 def test_blocked_search_equals_brute_force_and_skips_own_document() -> None:

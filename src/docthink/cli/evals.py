@@ -12,7 +12,7 @@ from docthink.cli.common import (
     RecipeOpt,
     RegistryOpt,
     RunsDir,
-    _print_recipe,
+    _print_or_run,
     _run,
     app,
 )
@@ -72,7 +72,7 @@ def eval_run(
     registry: RegistryOpt = None,
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
-    from docthink.evals.recipe import EvalRecipe, eval_overrides
+    from docthink.evals.recipe import eval_overrides
 
     overrides = eval_overrides(
         data=data, documents=documents, corpus=corpus, out=out, benchmark=benchmark, seed=seed,
@@ -83,11 +83,10 @@ def eval_run(
         scoring_judge_name=scoring_judge_name, scoring_prompt=scoring_prompt,
         concurrency=concurrency,
     )
-    if print_recipe:
-        placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
-        _print_recipe(EvalRecipe, recipe, overrides, placeholders)
-        return
-    _run(STAGES["eval"], load_recipe(EvalRecipe, recipe, overrides), runs_dir, registry)
+    _print_or_run(STAGES["eval"], recipe, overrides, print_recipe=print_recipe,
+                  placeholders={"data": "samples.json", "documents": "DOCUMENTS",
+                                "out": "EVAL_DIR"},
+                  runs_dir=runs_dir, registry=registry)
 
 
 @eval_app.command("rescore")

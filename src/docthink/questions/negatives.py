@@ -65,20 +65,6 @@ def rank_negatives(vectors: np.ndarray, docs: np.ndarray, k: int, block: int) ->
     return HardNegatives(rows, scores)
 
 
-def brute_force_negatives(vectors: np.ndarray, docs: np.ndarray, k: int) -> HardNegatives:
-    """The baseline the benchmark compares against: the whole n x n similarity matrix and a full
-    argsort of every row."""
-    sims = vectors @ vectors.T
-    sims[docs[:, None] == docs[None, :]] = -np.inf
-    order = np.argsort(-sims, axis=1, kind="stable")[:, :k]
-    top_scores = np.take_along_axis(sims, order, axis=1)
-    found = np.isfinite(top_scores)
-    return HardNegatives(
-        np.where(found, order, -1).astype(np.int32),
-        np.where(found, top_scores, -np.inf).astype(np.float32),
-    )
-
-
 @dataclass(frozen=True)
 class SimilarityGap:
     pages: int

@@ -8,9 +8,9 @@ from typing import Literal, get_args
 
 from pydantic import Field, field_validator
 
+from docthink.core.vocab import Placement
 from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, TeacherSpec
-from docthink.core.vocab import Placement
 from docthink.recipe import Recipe, in_order
 
 
