@@ -214,9 +214,8 @@ async def send(requests: Sequence[ChatRequest], url: str, concurrency: int) -> l
 
 def against_vllm(python: Path, orders: dict[str, list[tuple[Question, PageRef]]],
                  args: argparse.Namespace) -> dict[str, dict[str, float]]:
-    from tests.vllm.server import VLLMServer, free_port
-
     from docthink.testing import build_tiny_vlm
+    from tests.vllm.server import VLLMServer, free_port
 
     root = Path(tempfile.mkdtemp(prefix="bench_prefix_cache_"))
     model = build_tiny_vlm(root / "tiny", max_image_tokens=16384)

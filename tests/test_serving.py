@@ -21,11 +21,11 @@ from typer.testing import CliRunner
 from docthink.cli import app
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.policy import RenderPolicy
+from docthink.evals.recipe import EvalRecipe
 from docthink.models.limits import image_tokens, page_pixels, served_limits
 from docthink.models.specs import ImageTokens, OpenAIModelSpec
 from docthink.runs import Registry
 from docthink.serving import LimitsError, check, eval_demands
-from docthink.evals.recipe import EvalRecipe
 from docthink.testing import build_tiny_vlm
 from tests.helpers import docthink
 

@@ -116,8 +116,10 @@ def free_port() -> int:
 
 
 class OpenAIServer:
-    def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None) -> None:
+    def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None, *,
+                 keepalive_s: float = 75.0) -> None:
         self.responder = responder or (lambda body: Reply())
+        self.keepalive_s = keepalive_s  # how long an idle connection is kept (aiohttp's default)
         self.models: list[dict[str, Any]] | None = None
         self.received: list[Received] = []
         self.in_flight = 0
@@ -164,7 +166,8 @@ class OpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.on_shutdown.append(lambda app: self._release_hung())
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                                    keepalive_timeout=self.keepalive_s)
         await self._runner.setup()
         await web.SockSite(self._runner, self._sock).start()
 

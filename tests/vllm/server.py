@@ -19,6 +19,7 @@ import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Self
 
 ENV = "DOCTHINK_VLLM_PYTHON"
 _SAMPLE = re.compile(r'^([a-zA-Z_:][\w:]*)(?:\{(.*)\})? (\S+)$')
@@ -89,7 +90,7 @@ class VLLMServer:
                 "--model", str(self.model), "--served-model-name", self.name,
                 "--host", "127.0.0.1", "--port", str(self.port), *self.args]
 
-    def start(self) -> VLLMServer:
+    def start(self) -> Self:
         # the server's own environment: offline, and none of this checkout's modules on its path
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
         env |= {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "VLLM_NO_USAGE_STATS": "1",
@@ -142,7 +143,7 @@ class VLLMServer:
             pass
         self.process.wait(timeout=30)
 
-    def __enter__(self) -> VLLMServer:
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:

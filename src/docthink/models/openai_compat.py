@@ -40,6 +40,11 @@ log = logging.getLogger(__name__)
 
 # Jitter only spreads retries in time; it never changes a result, so it needs no seed.
 _jitter = random.Random()
+# Idle connections are dropped before servers drop them: uvicorn (vLLM, SGLang) closes one after
+# 5 s, aiohttp keeps one 15 s, and a request written to a connection the server is closing that
+# moment fails without reaching it (seen against vLLM when a stage's requests pause ~5 s: one
+# retry in docthink's count that the server's /metrics never saw).
+KEEPALIVE_S = 4.0
 
 
 class _Retryable(Exception):
@@ -69,7 +74,8 @@ class _Endpoint:
     def session(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.spec.max_concurrency)
+            connector = aiohttp.TCPConnector(limit=self.spec.max_concurrency,
+                                           keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self.headers, timeout=self.timeout
             )
