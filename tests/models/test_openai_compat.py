@@ -15,9 +15,9 @@ from PIL import Image
 from pydantic import BaseModel, SecretStr
 
 from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.models import openai_compat
 from docthink.models.base import ChatRequest, ChatResult, Message, RequestFailed
 from docthink.models.cache import CachedModel, RequestCache
-from docthink.models import openai_compat
 from docthink.models.openai_compat import OpenAICompatModel
 from docthink.models.specs import EndpointSpec, OpenAIModelSpec
 
