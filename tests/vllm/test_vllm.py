@@ -5,7 +5,8 @@ requests it received are the requests docthink says it sent, the tokens it proce
 tokens the run records, a rerun over the request cache sends nothing, a resumed run sends nothing
 that had finished, and a recipe the server cannot take is refused before the first request.
 
-About 4-6 minutes on 2 cores, most of it the server's start-up (see conftest.py)."""
+About 2 minutes on a quiet 2-core machine (5 at load average 11), the server's start-up the
+largest part (see conftest.py)."""
 
 from __future__ import annotations
 
