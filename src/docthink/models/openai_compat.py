@@ -45,6 +45,11 @@ log = logging.getLogger(__name__)
 
 # Jitter only spreads retries in time; it never changes a result, so it needs no seed.
 _jitter = random.Random()
+# Idle connections are dropped before servers drop them: uvicorn (vLLM, SGLang) closes one after
+# 5 s, aiohttp keeps one 15 s, and a request written to a connection the server is closing that
+# moment fails without reaching it (seen against vLLM when a stage's requests pause ~5 s: one
+# retry in docthink's count that the server's /metrics never saw).
+KEEPALIVE_S = 4.0
 
 
 class _Retryable(Exception):
@@ -74,7 +79,8 @@ class _Endpoint:
     def session(self) -> aiohttp.ClientSession:
         # Created on first use: an aiohttp session belongs to the running event loop.
         if self._session is None:
-            connector = aiohttp.TCPConnector(limit=self.spec.max_concurrency)
+            connector = aiohttp.TCPConnector(limit=self.spec.max_concurrency,
+                                           keepalive_timeout=KEEPALIVE_S)
             self._session = aiohttp.ClientSession(
                 connector=connector, headers=self.headers, timeout=self.timeout
             )
@@ -103,7 +109,7 @@ class OpenAICompatModel:
         self.images = images or ImageParts()
         timeout = aiohttp.ClientTimeout(total=spec.timeout_s)
         self._endpoints = [_endpoint(e, timeout) for e in spec.endpoints]
-        self._keys = [k for k in map(_api_key, spec.endpoints) if k]
+        self._keys = [k for k in map(api_key, spec.endpoints) if k]
         self._next = 0  # round-robin position among equally loaded endpoints
         self._watch: asyncio.Task[None] | None = None  # health checks of a fleet
         self._probes: aiohttp.ClientSession | None = None  # apart: a busy endpoint's pool is full
@@ -170,7 +176,11 @@ class OpenAICompatModel:
         schema = request.response_model
         attempts, prompt_tokens, completion_tokens, problem = 0, 0, 0, ""
         for _ in range(self.spec.max_validation_retries + 1):
-            text, usage, attempts = await self._send(_body(messages, params), attempts)
+            try:
+                text, usage, attempts = await self._send(_body(messages, params), attempts)
+            except RequestFailed as failed:  # after a re-ask: the replies before it still cost
+                raise RequestFailed(failed.reason, failed.attempts,
+                                    Usage(prompt_tokens, completion_tokens)) from None
             prompt_tokens += usage.prompt_tokens
             completion_tokens += usage.completion_tokens
             try:
@@ -182,7 +192,8 @@ class OpenAICompatModel:
             latency = time.perf_counter() - started
             total = Usage(prompt_tokens, completion_tokens)
             return ChatResult(text, parsed, total, self.name, latency, attempts)
-        raise RequestFailed(f"invalid output: {problem}", attempts)
+        raise RequestFailed(f"invalid output: {problem}", attempts,
+                            Usage(prompt_tokens, completion_tokens))
 
     def _messages(self, request: ChatRequest) -> list[bytes]:
         try:
@@ -287,7 +298,7 @@ class OpenAICompatModel:
         return reason
 
 
-def _api_key(spec: EndpointSpec) -> str | None:
+def api_key(spec: EndpointSpec) -> str | None:
     if spec.api_key is not None:
         return spec.api_key.get_secret_value()
     if spec.api_key_env is not None:
@@ -297,7 +308,7 @@ def _api_key(spec: EndpointSpec) -> str | None:
 
 def _endpoint(spec: EndpointSpec, timeout: aiohttp.ClientTimeout) -> _Endpoint:
     headers = {"Content-Type": "application/json"}
-    key = _api_key(spec)
+    key = api_key(spec)
     if key:
         headers["Authorization"] = f"Bearer {key}"
     url = spec.base_url.rstrip("/") + "/chat/completions"

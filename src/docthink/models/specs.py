@@ -30,6 +30,32 @@ class EndpointSpec(_Spec):
         return None if key is None else "**********"
 
 
+class ImageTokens(_Spec):
+    """How the model's processor counts an image: Qwen-VL's rule (resize each side to a multiple of
+    `token_pixels` keeping the pixel count within [min_pixels, max_pixels], then one token per
+    token_pixels x token_pixels square, plus the two vision delimiters). The defaults are
+    Qwen2.5-VL's processor; Qwen3-VL's: 32, 65536, 16777216."""
+
+    token_pixels: int = Field(28, ge=1, description="side of the square one token covers: the "
+                              "patch size times the merge size (Qwen2.5-VL 14 x 2)")
+    min_pixels: int = Field(3136, ge=1, description="smaller images are scaled up to this")
+    max_pixels: int = Field(12845056, ge=1, description="larger images are scaled down to this")
+
+
+class ServerLimits(_Spec):
+    images_per_prompt: int | None = Field(
+        None, ge=1, description="images the server takes in one request (vLLM: "
+        "--limit-mm-per-prompt); null: not stated (not checked)"
+    )
+    max_model_len: int | None = Field(
+        None, ge=1, description="prompt plus output tokens of one request (vLLM: "
+        "--max-model-len); null: read from the server's /v1/models where it says"
+    )
+    image_tokens: ImageTokens = Field(
+        default_factory=ImageTokens, description="how the model counts an image's tokens"
+    )
+
+
 class OpenAIModelSpec(_Spec):
     kind: Literal["openai"] = "openai"
     model: str = Field(description="model name as the server knows it")
@@ -47,6 +73,10 @@ class OpenAIModelSpec(_Spec):
         "it passes one"
     )
     health_timeout_s: float = Field(5.0, gt=0, description="a health check slower than this fails")
+    limits: ServerLimits = Field(
+        default_factory=ServerLimits, description="what the server takes: a recipe that "
+        "exceeds it is refused before the first request"
+    )
 
 
 class TeacherSpec(_Spec):

@@ -80,8 +80,16 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
     return Outcome([line], [Written(result.path)], scalars(counts), summary, marks=[recipe.out])
 
 
+def _fits_questions(recipe: QuestionsRecipe) -> None:
+    """Refuses a recipe whose requests its servers would refuse (see `docthink.serving`)."""
+    from docthink.serving import check, questions_demands
+
+    check(questions_demands(recipe))
+
+
 QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,
-                  inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus])
+                  inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus],
+                  check=_fits_questions)
 
 
 def _tasks(recipe: TasksRecipe, run: Run) -> Outcome:
@@ -137,8 +145,15 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
                    marks=[recipe.out])
 
 
+def _fits_synth(recipe: SynthRecipe) -> None:
+    """Refuses a recipe whose requests its servers would refuse (see `docthink.serving`)."""
+    from docthink.serving import check, synth_demands
+
+    check(synth_demands(recipe))
+
+
 SYNTH = Stage("synth", ("synth",), SynthRecipe, _synth, inputs=lambda r: [r.questions],
-              parents=lambda r: [r.corpus, r.questions.parent])
+              parents=lambda r: [r.corpus, r.questions.parent], check=_fits_synth)
 
 
 # -- export ---------------------------------------------------------------------------------------

@@ -75,8 +75,17 @@ def _judged(recipe: EvalRecipe | RescoreRecipe) -> None:
     require_judge(BENCHMARKS[recipe.benchmark], recipe.scoring)
 
 
+def _runnable(recipe: EvalRecipe) -> None:
+    """A judge where the benchmark needs one, and requests its servers take (see
+    `docthink.serving`)."""
+    from docthink.serving import check, eval_demands
+
+    _judged(recipe)
+    check(eval_demands(recipe))
+
+
 EVAL = Stage("eval", ("eval", "run"), EvalRecipe, _eval, inputs=lambda r: [r.data],
-             parents=_read, recipe_option=False, check=_judged)
+             parents=_read, recipe_option=False, check=_runnable)
 
 
 def _rescore(recipe: RescoreRecipe, run: Run) -> Outcome:
