@@ -66,7 +66,8 @@ def samples(
     with (out / "questions.jsonl").open("w", encoding="utf-8") as f:
         for i, fact in enumerate(facts):
             row = {"qid": f"q{i:04d}", "doc_id": fact.doc_id, "question": fact.question,
-                   "source_pages": [fact.page], "answer": fact.answer}
+                   "source_pages": [fact.page], "answer": fact.answer,
+                   "answer_format": fact.answer_format}
             f.write(json.dumps(row) + "\n")
     _say(f"{len(paths)} PDFs in {out / 'pdfs'}, {len(facts)} questions in "
          f"{out / 'questions.jsonl'}; next: docthink ingest {out / 'pdfs'} --out CORPUS "

@@ -137,10 +137,13 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
     stages = Counter(d.stage for d in result.dropped)
     dropped = f"{len(result.dropped)} dropped" + (
         f" ({tally(stages)}; why: see the data card)" if stages else "")
+    verified = (f"; {counts['verified']} answers verified, {counts['verify_mismatches']} "
+                f"mismatched" if counts["verified"] else "")
     line = (f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
-            f"{counts['examples']} examples; {dropped}; data card {card}")
+            f"{counts['examples']} examples; {dropped}{verified}; data card {card}")
     return Outcome([line], [Written(recipe.out / "examples.jsonl"),
-                            Written(recipe.out / "evidence.parquet")],
+                            Written(recipe.out / "evidence.parquet"),
+                            Written(recipe.out / "verification.parquet")],
                    scalars(counts), {"counts": counts, "usage": usage,
                                      "prompts": PROMPTS.hashes()}, marks=[recipe.out])
 
@@ -148,7 +151,7 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
 async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
                       log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
     from docthink.models.base import ChatModel
-    from docthink.models.build import build_model
+    from docthink.models.build import build_model, build_served
     from docthink.models.cache import CachedModel
     from docthink.synth.pipeline import SynthModels, synthesize
 
@@ -162,6 +165,13 @@ async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
         if key not in inner:
             inner[key] = build_model(spec, pages=corpus)
         wrapped[name] = CachedModel(inner[key], cache)
+    verify = recipe.answer.verify
+    if verify.method == "judge":
+        assert verify.judge is not None  # the recipe validates it
+        key = verify.judge.model_dump_json()
+        if key not in inner:
+            inner[key] = build_served(verify.judge)
+        wrapped["judge"] = CachedModel(inner[key], cache)
     models = SynthModels(**wrapped)
     try:
         result = await synthesize(recipe, corpus, models, log, show_progress=True)

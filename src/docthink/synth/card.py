@@ -52,6 +52,10 @@ def write_card(
         *count_table("branch", Counter(a.branch for a in result.answers if a.failure is None),
                      "No answers."),
         "",
+        "## Answers checked against their reference",
+        "",
+        *verification_table(result),
+        "",
         "## Control-token placements",
         "",
         *count_table("placement", placements, "No trace examples."),
@@ -74,3 +78,24 @@ def write_card(
     path = out / "card.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def verification_table(result: SynthResult) -> list[str]:
+    """Per branch: answers verified, matched, and mismatches dropped, flagged or kept; then the
+    flagged ones, for review."""
+    table = result.verification()
+    if not table:
+        return ["No answer had a reference answer to check (or verification is off)."]
+    method = result.verdicts[0].method
+    lines = [f"Checked by {method}.", "",
+             "| branch | verified | matched | dropped | flagged | kept (mismatch) |",
+             "|---|---|---|---|---|---|"]
+    for branch, row in table.items():
+        lines.append(f"| {branch} | {row['verified']} | {row['matched']} | {row['dropped']} | "
+                     f"{row['flagged']} | {row['kept_mismatch']} |")
+    flagged = [v for v in result.verdicts if v.action == "flagged"]
+    if flagged:
+        lines += ["", "Flagged (kept in the examples):", "",
+                  "| qid | reference | answer read as |", "|---|---|---|"]
+        lines += [f"| {v.qid} | {v.reference} | {v.pred or v.answer[:80]} |" for v in flagged]
+    return lines

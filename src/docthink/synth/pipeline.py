@@ -18,6 +18,8 @@ from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
 from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
+from docthink.evals.judge import DEFAULT_JUDGE_PROMPT
+from docthink.evals.prompt import PromptFile
 from docthink.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.models.base import ChatModel, ChatResult, RequestFailure
 from docthink.models.tasks import EvidenceReply
@@ -35,6 +37,7 @@ from docthink.synth import requests as rq
 from docthink.synth.recipe import SynthRecipe
 from docthink.synth.rows import Answer, Branch, PageEvidence, Trace
 from docthink.synth.trace import build_trace, floored_score
+from docthink.synth.verify import Verdict, verify_by_judge, verify_by_rules
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,7 @@ class SynthModels:
     evidence: ChatModel
     answer_vision: ChatModel
     answer_text: ChatModel
+    judge: ChatModel | None = None  # verifies answers (answer.verify.method judge)
 
 
 @dataclass
@@ -50,8 +54,21 @@ class SynthResult:
     evidence: list[PageEvidence] = field(default_factory=list)
     traces: list[Trace] = field(default_factory=list)
     answers: list[Answer] = field(default_factory=list)
+    verdicts: list[Verdict] = field(default_factory=list)
     examples: list[SFTExample] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
+
+    def verification(self) -> dict[str, dict[str, int]]:
+        """Per answer branch: answers verified, matched, and what happened to mismatches."""
+        table: dict[str, dict[str, int]] = {}
+        for v in self.verdicts:
+            row = table.setdefault(v.branch, dict.fromkeys(
+                ("verified", "matched", "dropped", "flagged", "kept_mismatch"), 0))
+            row["verified"] += 1
+            row["matched"] += v.match
+            if not v.match:
+                row["kept_mismatch" if v.action == "kept" else v.action] += 1
+        return {branch: table[branch] for branch in sorted(table)}
 
     def counts(self) -> dict[str, object]:
         return {
@@ -65,6 +82,10 @@ class SynthResult:
             "branches": dict(Counter(a.branch for a in self.answers if a.failure is None)),
             "placements": dict(Counter(e.placement for e in self.examples if e.kind == "trace")),
             "plain_examples": sum(e.kind == "plain" for e in self.examples),
+            "verified": len(self.verdicts),
+            "verify_mismatches": sum(not v.match for v in self.verdicts),
+            "verify_dropped": sum(v.action == "dropped" for v in self.verdicts),
+            "verification": self.verification(),
         }
 
 
@@ -276,10 +297,17 @@ async def synthesize(
     with progress("answer", len(traced), show_progress) as bar:
         result.answers = await answer_questions(traced, images, recipe, models, bar.advance)
     answers = {a.qid: a for a in result.answers}
+    answered = [(q, answers[q.qid]) for q, _ in traced if answers[q.qid].failure is None]
+    result.verdicts = await verify(answered, recipe, models.judge)
+    verdicts = {v.qid: v for v in result.verdicts}
     for question, trace in traced:
         answer = answers[question.qid]
         if answer.failure is not None:
             result.dropped.append(Dropped(question.qid, "answer", answer.failure))
+            continue
+        verdict = verdicts.get(question.qid)  # questions without a reference have none
+        if verdict is not None and verdict.action == "dropped":
+            result.dropped.append(Dropped(question.qid, "verify", verdict.reason))
             continue
         placement = weighted_choice(recipe.seed, question.qid, "cot", recipe.export.placement)
         result.examples.append(
@@ -298,6 +326,22 @@ async def synthesize(
     return result
 
 
+async def verify(
+    answered: Sequence[tuple[Question, Answer]], recipe: SynthRecipe, judge: ChatModel | None
+) -> list[Verdict]:
+    """Verdicts on the answers whose question has a reference answer (see `synth.verify`)."""
+    settings = recipe.answer.verify
+    items = [(q, a) for q, a in answered if q.answer is not None]
+    if settings.method == "none" or not items:
+        return []
+    if settings.method == "rules":
+        return verify_by_rules(items, settings.on_mismatch)
+    assert judge is not None  # the stage builds one for method judge
+    prompt = PromptFile.read(settings.prompt or DEFAULT_JUDGE_PROMPT)
+    return await verify_by_judge(items, judge, prompt, on_mismatch=settings.on_mismatch,
+                                 max_tokens=settings.max_tokens, concurrency=recipe.concurrency)
+
+
 def write_tables(result: SynthResult, out: Path) -> None:
     """Each stage's rows as Parquet, examples as JSONL (the input of `docthink export`)."""
     import pyarrow as pa
@@ -310,6 +354,13 @@ def write_tables(result: SynthResult, out: Path) -> None:
     pq.write_table(table(result.evidence), out / "evidence.parquet")
     pq.write_table(table(result.traces), out / "traces.parquet")
     pq.write_table(table(result.answers), out / "answers.parquet")
+    verdicts = pa.schema([("qid", pa.string()), ("branch", pa.string()), ("method", pa.string()),
+                          ("reference", pa.string()), ("answer_format", pa.string()),
+                          ("answer", pa.string()), ("pred", pa.string()),
+                          ("score", pa.float64()), ("match", pa.bool_()),
+                          ("action", pa.string()), ("failure", pa.string())])
+    pq.write_table(pa.Table.from_pylist([asdict(v) for v in result.verdicts], schema=verdicts),
+                   out / "verification.parquet")  # typed, so a run with no verdict has columns
     with (out / "dropped.jsonl").open("w", encoding="utf-8") as f:
         for d in result.dropped:
             f.write(json.dumps(asdict(d)) + "\n")
