@@ -10,6 +10,7 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PresetOpt,
     PrintRecipe,
     RecipeOpt,
     RegistryOpt,
@@ -80,6 +81,7 @@ def synth(
     questions: Annotated[Path | None, typer.Option(help="questions JSONL/Parquet/samples.json")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
@@ -89,9 +91,10 @@ def synth(
     overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
     if print_recipe:
         placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
-        _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE)
+        _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE, preset)
         return
-    _run(STAGES["synth"], load_recipe(SynthRecipe, recipe, overrides), runs_dir, registry)
+    _run(STAGES["synth"], load_recipe(SynthRecipe, recipe, overrides, preset=preset), runs_dir,
+         registry)
 
 
 SYNTH_RECIPE_NOTE = """\
@@ -155,6 +158,7 @@ def questions(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
@@ -164,9 +168,11 @@ def questions(
     (questions.jsonl, the input of `docthink synth`)."""
     overrides = {"corpus": corpus, "out": out, "seed": seed}
     if print_recipe:
-        _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
+        _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"},
+                      preset=preset)
         return
-    _run(STAGES["questions"], load_recipe(QuestionsRecipe, recipe, overrides), runs_dir, registry)
+    _run(STAGES["questions"], load_recipe(QuestionsRecipe, recipe, overrides, preset=preset),
+         runs_dir, registry)
 
 
 @app.command()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PresetOpt,
     PrintRecipe,
     RecipeOpt,
     RegistryOpt,
@@ -67,6 +68,7 @@ def eval_run(
     scoring_judge_name: ScoringJudgeName = None,
     scoring_prompt: ScoringPrompt = None,
     concurrency: Annotated[int | None, typer.Option(help="requests in flight")] = None,
+    preset: PresetOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
@@ -85,9 +87,10 @@ def eval_run(
     )
     if print_recipe:
         placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
-        _print_recipe(EvalRecipe, recipe, overrides, placeholders)
+        _print_recipe(EvalRecipe, recipe, overrides, placeholders, preset=preset)
         return
-    _run(STAGES["eval"], load_recipe(EvalRecipe, recipe, overrides), runs_dir, registry)
+    _run(STAGES["eval"], load_recipe(EvalRecipe, recipe, overrides, preset=preset), runs_dir,
+         registry)
 
 
 @eval_app.command("rescore")

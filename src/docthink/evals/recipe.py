@@ -118,6 +118,8 @@ class ScoringSettings(Recipe):
 
 
 class EvalRecipe(Recipe):
+    preset_section = "eval"
+
     benchmark: BenchmarkName = Field("mmlongbench-doc", description=BENCHMARK_HELP)
     data: Path = Field(description="samples.json, the Hugging Face Parquet or an MMLBD-C TSV; "
                        "for mmlongbench-v2 its samples.json")

@@ -114,6 +114,8 @@ class ExportSettings(Recipe):
 
 
 class SynthRecipe(Recipe):
+    preset_section = "synth"
+
     corpus: Path = Field(description="corpus folder made by `docthink ingest`")
     questions: Path = Field(
         description="questions: JSONL/Parquet rows {qid, doc_id, question, source_pages, "

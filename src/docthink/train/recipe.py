@@ -71,6 +71,8 @@ class LaunchSettings(Recipe):
 
 
 class TrainRecipe(Recipe):
+    preset_section = "train"
+
     model: str = Field(
         description="starting checkpoint: a local folder or a hub id, loaded with "
         "AutoModelForImageTextToText and AutoProcessor"
