@@ -4,13 +4,20 @@
 
 Builds a Qwen2-style text model (Qwen2.5-0.5B shapes, untied head; random weights) as base and
 base + noise as tuned, saved sharded at 1 GB, into DIR once (reused when present). Then, each
-as its own process, `--repeats` times in turn, median reported: wall time and peak RSS
+as its own process, `--repeats` times in turn, median reported: wall time, CPU time and peak RSS
 (`wait4` rusage of the child) of
-  copy     `shutil.copyfile` of both inputs' weight files (the I/O floor),
-  docthink `merge_checkpoints` at alpha 0.5,
-  sweep    `merge_checkpoints` at alphas 0.25, 0.5, 1.0 in one pass,
-  mergekit `mergekit-yaml` task_arithmetic (normalize: false, float32 arithmetic, bf16 output,
-           --lazy-unpickle) when found (env MERGEKIT_YAML, else PATH).
+  copy       `shutil.copyfile` of both inputs' weight files (the I/O floor),
+  first      `merge_checkpoints` at alpha 0.5 of inputs never seen: every input and output byte
+             hashed (BLAKE3) as it is read or written,
+  known      the same with a registry that knows the inputs' digests (recorded by an earlier
+             `docthink merge` of the same files, which this script runs once to set it up): the
+             common case of merging a checkpoint again at another strength, or a base model
+             used before; outputs still hashed,
+  sweep      `merge_checkpoints` at alphas 0.25, 0.5, 1.0 in one pass, inputs known,
+  mergekit   `mergekit-yaml` task_arithmetic (normalize: false, --lazy-unpickle) when found (env
+             MERGEKIT_YAML, else PATH), twice: float32 arithmetic and bf16 output (`dtype:
+             float32`, as docthink computes), and mergekit's default (no dtype: arithmetic in
+             the inputs' bf16).
 Goals: docthink <= 0.5x mergekit's time and peak memory, <= 2x the copy floor; sweep << 3x single.
 """
 
@@ -55,8 +62,8 @@ def build_models(workdir: Path) -> tuple[Path, Path]:
     return base, tuned
 
 
-def run_child(argv: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MB) of one child process."""
+def run_child(argv: list[str]) -> tuple[float, float, float]:
+    """Wall seconds, CPU seconds and peak RSS (MB) of one child process."""
     os.sync()  # start every run without dirty pages from the previous one
     start = time.perf_counter()
     proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
@@ -64,35 +71,59 @@ def run_child(argv: list[str]) -> tuple[float, float]:
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status) != 0:
         raise RuntimeError(f"{argv[:3]} failed: {proc.stderr.read().decode()[-2000:]}")
-    return wall, usage.ru_maxrss / 1024
+    return wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024
 
 
-def commands(base: Path, tuned: Path, out: Path, mergekit: str | None) -> dict[str, list[str]]:
+def commands(base: Path, tuned: Path, out: Path, registry: Path,
+             mergekit: str | None) -> dict[str, list[str]]:
     weights = [p for d in (base, tuned) for p in sorted(d.glob("model*.safetensors"))]
     copy = "import shutil,sys\nfor i,p in enumerate(sys.argv[2:]): shutil.copyfile(p, f'{sys.argv[1]}/{i}')"
     merge = ("import sys; from docthink.merge.core import merge_checkpoints as m; a=[float(x) for x in sys.argv[3].split(',')];"
              "m(sys.argv[1], sys.argv[2], a, [f'{sys.argv[4]}/{x}' for x in a])")  # fmt: skip
+    known = ("import sys; from docthink.merge import merge_checkpoints as m; from docthink.core.hashing import ALGORITHM;"
+             "from docthink.runs import Registry; r=Registry(__import__('pathlib').Path(sys.argv[5]));"
+             "a=[float(x) for x in sys.argv[3].split(',')];"
+             "m(sys.argv[1], sys.argv[2], a, [f'{sys.argv[4]}/{x}' for x in a],"
+             " known_digest=lambda p, f: r.known_digest(str(p.resolve()), ALGORITHM, f))")  # fmt: skip
     cmds = {
         "copy": [sys.executable, "-c", copy, str(out), *map(str, weights)],
-        "docthink": [sys.executable, "-c", merge, str(base), str(tuned), str(ALPHA), str(out)],
-        "sweep": [
-            sys.executable,
-            "-c",
-            merge,
-            str(base),
-            str(tuned),
-            ",".join(map(str, SWEEP)),
-            str(out),
-        ],
+        "first": [sys.executable, "-c", merge, str(base), str(tuned), str(ALPHA), str(out)],
+        "known": [sys.executable, "-c", known, str(base), str(tuned), str(ALPHA), str(out),
+                  str(registry)],
+        "sweep": [sys.executable, "-c", known, str(base), str(tuned), ",".join(map(str, SWEEP)),
+                  str(out), str(registry)],
     }
     if mergekit:
-        config = {"merge_method": "task_arithmetic", "base_model": str(base), "parameters": {"normalize": False},
-                  "models": [{"model": str(tuned), "parameters": {"weight": ALPHA}}],
-                  "dtype": "float32", "out_dtype": "bfloat16"}  # fmt: skip
-        (out.parent / "mergekit.yaml").write_text(json.dumps(config))
-        cmds["mergekit"] = [mergekit, str(out.parent / "mergekit.yaml"), str(out / "mk"),
-                            "--lazy-unpickle", "--no-copy-tokenizer", "--quiet"]  # fmt: skip
+        for name, dtypes in (("mergekit", {"dtype": "float32", "out_dtype": "bfloat16"}),
+                             ("mergekit-bf16", {})):
+            config = {"merge_method": "task_arithmetic", "base_model": str(base),
+                      "parameters": {"normalize": False},
+                      "models": [{"model": str(tuned), "parameters": {"weight": ALPHA}}], **dtypes}
+            (out.parent / f"{name}.yaml").write_text(json.dumps(config))
+            cmds[name] = [mergekit, str(out.parent / f"{name}.yaml"), str(out / "mk"),
+                          "--lazy-unpickle", "--no-copy-tokenizer", "--quiet"]  # fmt: skip
     return cmds
+
+
+def remember_inputs(base: Path, tuned: Path, workdir: Path) -> Path:
+    """A registry that knows the inputs' digests: one `docthink merge` of them, recorded."""
+    registry = workdir / "registry.sqlite"
+    if not registry.exists():
+        out = workdir / "remember"
+        shutil.rmtree(out, ignore_errors=True)
+        subprocess.run([sys.executable, "-m", "docthink.cli", "merge", "--base", str(base),
+                        "--tuned", str(tuned), "--alpha", str(ALPHA), "--out", str(out),
+                        "--runs-dir", str(workdir / "runs"), "--registry", str(registry)],
+                       check=True, stdout=subprocess.DEVNULL)
+        shutil.rmtree(out)
+    from docthink.runs import Registry
+
+    with Registry(registry) as reg:
+        known = reg.db.execute("SELECT count(*) FROM file_digests").fetchone()[0]
+    if known < len(list(base.glob("model*"))) + len(list(tuned.glob("model*"))):
+        raise SystemExit(f"{registry} knows {known} input files only (written too recently? "
+                         "run again in a few seconds)")
+    return registry
 
 
 def main() -> None:
@@ -102,10 +133,11 @@ def main() -> None:
     parser.add_argument("--clean", action="store_true", help="delete the built models at the end")
     args = parser.parse_args()
     base, tuned = build_models(args.workdir)
+    registry = remember_inputs(base, tuned, args.workdir)
     mergekit = os.environ.get("MERGEKIT_YAML") or shutil.which("mergekit-yaml")
     out = args.workdir / "out"
-    cmds = commands(base, tuned, out, mergekit)
-    results: dict[str, list[tuple[float, float]]] = {name: [] for name in cmds}
+    cmds = commands(base, tuned, out, registry, mergekit)
+    results: dict[str, list[tuple[float, float, float]]] = {name: [] for name in cmds}
     try:
         for _ in range(args.repeats):
             for name, argv in cmds.items():
@@ -121,28 +153,27 @@ def main() -> None:
 
 def report(base: Path, tuned: Path, results, mergekit: str | None, repeats: int) -> None:
     size = sum(p.stat().st_size for d in (base, tuned) for p in d.glob("model*.safetensors")) / 1e9
-    print(
-        f"inputs: 2 checkpoints, {size:.2f} GB of bf16 safetensors; {os.cpu_count()} CPUs; median of {repeats}"
-    )
-    med = {
-        name: (statistics.median(w for w, _ in runs), statistics.median(m for _, m in runs))
-        for name, runs in results.items()
-    }
-    labels = {"copy": "copy inputs (I/O floor)", "docthink": f"docthink alpha={ALPHA}",
-              "sweep": f"docthink sweep {SWEEP}", "mergekit": f"mergekit-yaml alpha={ALPHA}"}  # fmt: skip
-    print(f"{'':28s} {'wall s':>8s} {'peak RSS MB':>12s}   runs (s)")
-    for name, (wall, rss) in med.items():
-        runs = " ".join(f"{w:.2f}" for w, _ in results[name])
-        print(f"{labels[name]:28s} {wall:8.2f} {rss:12.0f}   {runs}")
-    ours, copy, sweep = med["docthink"], med["copy"], med["sweep"]
-    print(f"docthink / copy floor time:   {ours[0] / copy[0]:.2f}x (goal <= 2)")
-    print(
-        f"sweep of 3 / single merge:    {sweep[0] / ours[0]:.2f}x (3 single merges = 3x; goal well under)"
-    )
+    print(f"inputs: 2 checkpoints, {size:.2f} GB of bf16 safetensors; {os.cpu_count()} CPUs; "
+          f"median of {repeats}")
+    med = {name: tuple(statistics.median(r[i] for r in runs) for i in range(3))
+           for name, runs in results.items()}
+    labels = {"copy": "copy inputs (I/O floor)", "first": f"docthink alpha={ALPHA}, first",
+              "known": f"docthink alpha={ALPHA}, inputs known", "sweep": f"docthink sweep {SWEEP}",
+              "mergekit": f"mergekit-yaml float32 a={ALPHA}",
+              "mergekit-bf16": f"mergekit-yaml bf16 a={ALPHA}"}  # fmt: skip
+    print(f"{'':34s} {'wall s':>7s} {'CPU s':>7s} {'peak RSS MB':>12s}   runs (wall s)")
+    for name, (wall, cpu, rss) in med.items():
+        runs = " ".join(f"{w:.2f}" for w, _, _ in results[name])
+        print(f"{labels[name]:34s} {wall:7.2f} {cpu:7.2f} {rss:12.0f}   {runs}")
+    copy, first, known, sweep = med["copy"], med["first"], med["known"], med["sweep"]
+    print(f"docthink / copy floor time, inputs known: {known[0] / copy[0]:.2f}x (goal <= 2)")
+    print(f"docthink / copy floor time, first merge:  {first[0] / copy[0]:.2f}x")
+    print(f"sweep of 3 / single merge:    {sweep[0] / known[0]:.2f}x (3 single merges = 3x; goal well under)")
     if mergekit:
-        mk = med["mergekit"]
-        print(f"docthink / mergekit time:     {ours[0] / mk[0]:.2f}x (goal <= 0.5)")
-        print(f"docthink / mergekit peak RSS: {ours[1] / mk[1]:.2f}x (goal <= 0.5)")
+        for name in ("mergekit", "mergekit-bf16"):
+            mk = med[name]
+            print(f"docthink (first) / {name}: time {first[0] / mk[0]:.2f}x, "
+                  f"peak RSS {first[2] / mk[2]:.2f}x (goal <= 0.5)")
     else:
         print("mergekit-yaml not found (set MERGEKIT_YAML or put it on PATH): no mergekit ratios")
 

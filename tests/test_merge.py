@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -13,6 +12,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
 import pytest
 import torch
 from safetensors import safe_open
@@ -87,8 +87,8 @@ def bf16_ulp(x: torch.Tensor) -> torch.Tensor:
     return torch.ldexp(torch.ones_like(x), exp - 8)
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def digest(path: Path) -> str:
+    return blake3.blake3(path.read_bytes()).hexdigest()
 
 
 def test_alphas_0_and_1_reproduce_inputs_and_025_matches_float64(
@@ -134,9 +134,10 @@ def test_merged_folder_loads_generates_and_records_its_inputs(pair: Pair, tmp_pa
         assert (out / name).read_bytes() == (pair.tuned / name).read_bytes(), name
     recipe = json.loads((out / "merge_recipe.json").read_text())
     assert recipe["alpha"] == 0.25 and recipe["tuned"]["kind"] == "full"
-    assert recipe["base"]["files"] == {p.name: sha256(p) for p in pair.base.glob("model*")}
-    assert recipe["tuned"]["files"] == {p.name: sha256(p) for p in pair.tuned.glob("model*")}
-    on_disk = {p.name: sha256(p) for p in out.iterdir() if p.name != "merge_recipe.json"}
+    assert recipe["digests"] == "blake3"
+    assert recipe["base"]["files"] == {p.name: digest(p) for p in pair.base.glob("model*")}
+    assert recipe["tuned"]["files"] == {p.name: digest(p) for p in pair.tuned.glob("model*")}
+    on_disk = {p.name: digest(p) for p in out.iterdir() if p.name != "merge_recipe.json"}
     assert recipe["outputs"] == on_disk == report.outputs[0].files
     again = merge_checkpoints(pair.base, pair.tuned, [0.25], [tmp_path / "again"])
     assert again.outputs[0].files == report.outputs[0].files  # same inputs, same bytes
@@ -436,7 +437,7 @@ def test_merge_command_records_its_run_with_the_hashes_it_wrote(pair: Pair, tmp_
     from typer.testing import CliRunner
 
     from docthink.cli import app
-    from docthink.runs import Registry, tree_digest
+    from docthink.runs import Registry, artifact_digest
 
     registry = tmp_path / "registry.sqlite"
     out = tmp_path / "merged-{alpha}"
@@ -453,9 +454,53 @@ def test_merge_command_records_its_run_with_the_hashes_it_wrote(pair: Pair, tmp_
     assert set(outputs) == {"merged-0.25", "merged-0.5"}
     for name, artifact in outputs.items():
         # the digest recorded from the merge's own hashes equals re-reading the folder
-        assert (artifact.sha256, artifact.size) == tree_digest(tmp_path / name)
-    inputs = {Path(a.path).name: a.sha256 for a in record.artifacts if a.role == "input"}
-    assert inputs == {"base": tree_digest(pair.base)[0], "tuned": tree_digest(pair.tuned)[0]}
+        assert (artifact.digest, artifact.size) == artifact_digest(tmp_path / name)
+        assert artifact.algorithm == "blake3"
+    inputs = {Path(a.path).name: a.digest for a in record.artifacts if a.role == "input"}
+    assert inputs == {"base": artifact_digest(pair.base)[0],
+                      "tuned": artifact_digest(pair.tuned)[0]}
+
+
+def test_a_second_merge_takes_the_input_digests_the_registry_knows(
+    pair: Pair, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first merge hashes its inputs as it reads them and the registry keeps those digests
+    with the files' fingerprints; the next merge of the same files reads no byte for a digest."""
+    from typer.testing import CliRunner
+
+    import docthink.core.hashing
+    import docthink.merge.stream
+    from docthink.cli import app
+    from docthink.runs import Registry, artifact_digest
+
+    monkeypatch.setattr(docthink.core.hashing, "QUIET_NS", 0)  # the fixture's files were just written
+    time.sleep(0.05)
+    registry = tmp_path / "registry.sqlite"
+
+    def merge(out: str) -> dict[str, str]:
+        result = CliRunner().invoke(
+            app, ["merge", "--base", str(pair.base), "--tuned", str(pair.tuned), "--alpha", "0.5",
+                  "--out", str(tmp_path / out), "--runs-dir", str(tmp_path / "runs"),
+                  "--registry", str(registry)], catch_exceptions=False)
+        assert result.exit_code == 0, result.output
+        (record,) = [r for r in Registry(registry).list(kind="merge")
+                     if r.recipe["outs"] == [str(tmp_path / out)]]
+        return {Path(a.path).name: a.digest for a in record.artifacts}
+
+    first = merge("first")
+    hashed: list[Path] = []
+    real = docthink.merge.stream._InputHash
+
+    def counting(path: Path) -> object:
+        hashed.append(path)
+        return real(path)
+
+    monkeypatch.setattr(docthink.merge.stream, "_InputHash", counting)
+    second = merge("second")
+    assert hashed == []
+    inputs = {"base": artifact_digest(pair.base)[0], "tuned": artifact_digest(pair.tuned)[0]}
+    assert {k: second[k] for k in inputs} == {k: first[k] for k in inputs} == inputs
+    assert second["second"] == first["first"] == artifact_digest(tmp_path / "second")[0]
 
 
 def test_extrapolation_needs_the_flag(tmp_path: Path) -> None:

@@ -17,14 +17,53 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, ConfigDict, Field
 
+from docthink.core.parts import ImagePart, TextPart
 from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, ExampleKind, Placement
 from docthink.recipe import Recipe
 from docthink.synth.rows import Branch
 
-ImageKey = tuple[str, str]  # (sha256, file suffix): the image's name in an export
+
+@dataclass(frozen=True, slots=True, order=True)
+class ImageKey:
+    """An image by content: its file's sha256 and suffix, its name in the store and an export."""
+
+    sha256: str
+    suffix: str  # ".png" or ".jpg"
+
+    @classmethod
+    def of(cls, image: ImagePart) -> ImageKey:
+        return cls(image.sha256, image.path.suffix)
+
+    @property
+    def name(self) -> str:
+        return f"{self.sha256}{self.suffix}"
+
+
 ImageLocator = Callable[[ImageKey], Path]  # where the image store keeps an image
+UserPart = TextPart | ImageKey
+
+
+class _ImageIn(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    image: str
+    suffix: str
+
+
+class _ExampleIn(BaseModel):
+    """A line of examples.jsonl, as `SFTExample.to_json` writes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    id: str
+    kind: Literal["trace", "plain"]
+    placement: Placement
+    branch: Branch | None
+    system: str | None
+    user: list[str | _ImageIn]
+    assistant: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,12 +73,12 @@ class SFTExample:
     placement: Placement  # "none" for plain rows and for no-token trace rows
     branch: Branch | None
     system: str | None
-    user: tuple[str | ImageKey, ...]  # texts and images, in order
+    user: tuple[UserPart, ...]  # texts and images, in order
     assistant: str
 
     @property
     def images(self) -> list[ImageKey]:
-        return [p for p in self.user if isinstance(p, tuple)]
+        return [p for p in self.user if isinstance(p, ImageKey)]
 
     def to_json(self) -> dict[str, object]:
         return {
@@ -48,38 +87,30 @@ class SFTExample:
             "placement": self.placement,
             "branch": self.branch,
             "system": self.system,
-            "user": [p if isinstance(p, str) else {"image": p[0], "suffix": p[1]} for p in self.user],
+            "user": [p.text if isinstance(p, TextPart) else {"image": p.sha256, "suffix": p.suffix}
+                     for p in self.user],
             "assistant": self.assistant,
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, object]) -> SFTExample:
-        user = tuple(
-            p if isinstance(p, str) else (p["image"], p["suffix"])
-            for p in data["user"]  # type: ignore[union-attr]
-        )
-        return cls(
-            id=data["id"],  # type: ignore[arg-type]
-            kind=data["kind"],  # type: ignore[arg-type]
-            placement=data["placement"],  # type: ignore[arg-type]
-            branch=data["branch"],  # type: ignore[arg-type]
-            system=data["system"],  # type: ignore[arg-type]
-            user=user,
-            assistant=data["assistant"],  # type: ignore[arg-type]
-        )
+    def from_json(cls, line: str) -> SFTExample:
+        """A line of examples.jsonl; a `pydantic.ValidationError` when it is not one."""
+        row = _ExampleIn.model_validate_json(line)
+        user = tuple(TextPart(p) if isinstance(p, str) else ImageKey(p.image, p.suffix)
+                     for p in row.user)
+        return cls(row.id, row.kind, row.placement, row.branch, row.system, user, row.assistant)
 
 
-def user_turn(
-    images: Sequence[ImageKey], question: str, *, page_index: str | None
-) -> list[str | ImageKey]:
+def user_turn(images: Sequence[ImageKey], question: str, *, page_index: str | None
+              ) -> list[UserPart]:
     """Every context page (with its index line when `page_index` is a format such as
     `Page {i}:`), then the question."""
-    parts: list[str | ImageKey] = []
+    parts: list[UserPart] = []
     for i, image in enumerate(images, start=1):
         if page_index is not None:
-            parts.append(page_index.format(i=i))
+            parts.append(TextPart(page_index.format(i=i)))
         parts.append(image)
-    parts.append(question)
+    parts.append(TextPart(question))
     return parts
 
 
@@ -108,13 +139,13 @@ def trace_example(
     )
 
 
-def cot_first(parts: Sequence[str | ImageKey]) -> list[str | ImageKey]:
+def cot_first(parts: Sequence[UserPart]) -> list[UserPart]:
     """The user turn with `<cot> ` as its very first characters: joined to the first text (a
     `Page 1:` line), or as a text part of its own before the first image."""
     first = parts[0]
-    if isinstance(first, str):
-        return [f"{COT} {first}", *parts[1:]]
-    return [f"{COT} ", *parts]
+    if isinstance(first, TextPart):
+        return [TextPart(f"{COT} {first.text}"), *parts[1:]]
+    return [TextPart(f"{COT} "), *parts]
 
 
 def plain_example(
@@ -133,7 +164,7 @@ def plain_example(
 
 
 def _image_name(image: ImageKey) -> str:
-    return f"images/{image[0]}{image[1]}"
+    return f"images/{image.name}"
 
 
 def _trl_row(example: SFTExample) -> dict[str, object]:
@@ -141,7 +172,7 @@ def _trl_row(example: SFTExample) -> dict[str, object]:
     if example.system is not None:
         messages.append({"role": "system", "content": [{"type": "text", "text": example.system}]})
     content = [
-        {"type": "text", "text": p} if isinstance(p, str) else {"type": "image", "text": None}
+        {"type": "text", "text": p.text} if isinstance(p, TextPart) else {"type": "image", "text": None}
         for p in example.user
     ]
     messages.append({"role": "user", "content": content})
@@ -158,7 +189,7 @@ def _trl_row(example: SFTExample) -> dict[str, object]:
 
 
 def _llamafactory_row(example: SFTExample) -> dict[str, object]:
-    user = "\n".join(p if isinstance(p, str) else "<image>" for p in example.user)
+    user = "\n".join(p.text if isinstance(p, TextPart) else "<image>" for p in example.user)
     messages = [{"role": "user", "content": user}, {"role": "assistant", "content": example.assistant}]
     if example.system is not None:
         messages.insert(0, {"role": "system", "content": example.system})

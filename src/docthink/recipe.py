@@ -8,8 +8,8 @@ flags; nested settings merge key by key."""
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import yaml

@@ -6,7 +6,7 @@ import hashlib
 
 import pytest
 
-from docthink.evals.benchmarks import BENCHMARKS
+from docthink.evals.benchmarks import BENCHMARKS, RulesScoring
 from docthink.evals.data import BenchRow
 from docthink.evals.extract import (
     FAILED_TO_EXTRACT,
@@ -16,7 +16,7 @@ from docthink.evals.extract import (
 )
 from docthink.evals.metrics import Scored, bootstrap_ci, compute, f1_parts
 from docthink.evals.prompt import PromptFile
-from docthink.evals.report import build_report, render_markdown, run_metrics
+from docthink.evals.report import Questions, build_report, render_markdown, run_metrics
 from docthink.models.base import ChatResult, RequestFailure, Usage
 
 # -- rule-based extraction --------------------------------------------------------------------------
@@ -154,11 +154,13 @@ def test_report_puts_modes_side_by_side_and_flattens_metrics(tmp_path) -> None:
     cot = [v1(s.row, s.pred, 1.0, 100) for s in SCORED]
     report = build_report(kind=BENCHMARKS["mmlongbench-doc"], data=bench,
                           scored={"plain": SCORED, "cot": cot}, seed=0,
-                          questions={"evaluated": 5, "skipped": 2,
-                                     "skipped_reasons": {"pdf missing": 2}},
-                          scoring={"metric": "rules"}, model="m")
-    assert report["acc"] == pytest.approx(0.5) and report["modes"]["cot"]["acc"] == 1.0
-    assert report["rows"][1] == {"index": 1, "score": 0.5}
+                          questions=Questions.of(5, {10: "pdf missing", 11: "pdf missing"}),
+                          scoring=RulesScoring(), model="m")
+    written = report.to_json()
+    assert written["acc"] == pytest.approx(0.5) and written["modes"]["cot"]["acc"] == 1.0
+    assert written["rows"][1] == {"index": 1, "score": 0.5}
+    assert written["questions"] == {"evaluated": 5, "skipped": 2,
+                                    "skipped_reasons": {"pdf missing": 2}}
     flat = run_metrics(report)
     assert flat["acc"] == pytest.approx(0.5) and flat["acc_cot"] == 1.0
     assert flat["mean_output_tokens_cot"] == 100 and flat["skipped"] == 2

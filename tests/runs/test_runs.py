@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import json
 import multiprocessing as mp
+import os
 import sqlite3
+import time
 from pathlib import Path
 
+import blake3
 import pytest
 import yaml
 from pydantic import BaseModel, SecretStr
@@ -49,8 +52,9 @@ def test_run_folder_and_record(tmp_path: Path) -> None:
     assert record.parents == ("parent-1",)
     assert record.recipe_hash == recipe_hash(toy_recipe())
     (artifact,) = record.artifacts
-    # sha256 of b"hello"
-    assert artifact.sha256 == "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+    # BLAKE3 of b"hello"
+    assert (artifact.algorithm, artifact.digest) == (
+        "blake3", "ea8f163db38682925e4491c5e58d4bb3506ef8c14eb78a86e908c5624a67200f")
     assert artifact.size == 5 and artifact.role == "output"
     assert record.packages["docthink"]
 
@@ -113,3 +117,45 @@ def test_concurrent_processes_lose_no_record(tmp_path: Path) -> None:
     assert db.count() == workers * per_worker
     assert {r.status for r in db.list(limit=1000)} == {"ok"}
     assert sqlite3.connect(registry).execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def _record_input(registry: Path, runs_dir: Path, data: Path) -> str:
+    with start_run("toy", toy_recipe(), command=["t"], runs_dir=runs_dir, registry_path=registry,
+                   inputs=[data]) as run:
+        pass
+    (artifact,) = Registry(registry).get(run.id).artifacts
+    return artifact.digest
+
+
+def test_a_file_not_written_since_it_was_hashed_is_not_read_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The registry keeps the digest of a file that was quiet when hashed, with its fingerprint
+    (size, mtime, ctime, inode, device); a later run takes it while the fingerprint holds, and
+    hashes the bytes again once the file is written, even if its size and mtime are put back."""
+    import docthink.core.hashing
+    import docthink.runs.run
+
+    registry, runs_dir = tmp_path / "reg.sqlite", tmp_path / "runs"
+    data = tmp_path / "data.bin"
+    data.write_bytes(b"a" * 1000)
+    first = _record_input(registry, runs_dir, data)  # just written: not quiet, not kept
+    assert sqlite3.connect(registry).execute("SELECT count(*) FROM file_digests").fetchone() == (0,)
+    monkeypatch.setattr(docthink.core.hashing, "QUIET_NS", 0)
+    time.sleep(0.05)
+    assert _record_input(registry, runs_dir, data) == first  # quiet now: hashed and kept
+    read: list[Path] = []
+    real = docthink.runs.run.file_digest
+
+    def counting(path: Path, *args: object) -> str:
+        read.append(path)
+        return real(path, *args)
+
+    monkeypatch.setattr(docthink.runs.run, "file_digest", counting)
+    assert _record_input(registry, runs_dir, data) == first and read == []
+    stat = data.stat()
+    data.write_bytes(b"b" * 1000)  # same size, and the old mtime put back
+    os.utime(data, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert data.stat().st_mtime_ns == stat.st_mtime_ns
+    assert _record_input(registry, runs_dir, data) == blake3.blake3(b"b" * 1000).hexdigest()
+    assert read == [data]

@@ -9,10 +9,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+from docthink.core.errors import UserError
+from docthink.core.parts import TextPart
 from docthink.core.seeded import weighted_choice
-from docthink.export import plain_example, trace_example, write_export
+from docthink.export import ImageKey, SFTExample, plain_example, trace_example, write_export
+from docthink.synth.pipeline import read_examples
 
-IMAGES = [("a" * 64, ".png"), ("b" * 64, ".png"), ("c" * 64, ".png")]
+IMAGES = [ImageKey("a" * 64, ".png"), ImageKey("b" * 64, ".png"), ImageKey("c" * 64, ".png")]
 
 
 def make(placement: str, page_index: str | None = "Page {i}:"):
@@ -25,9 +28,28 @@ def make(placement: str, page_index: str | None = "Page {i}:"):
 def test_user_turn_has_every_page_with_its_index_then_the_question() -> None:
     example = make("system")
     assert example.user == (
-        "Page 1:", IMAGES[0], "Page 2:", IMAGES[1], "Page 3:", IMAGES[2], "How many?"
+        TextPart("Page 1:"), IMAGES[0], TextPart("Page 2:"), IMAGES[1], TextPart("Page 3:"),
+        IMAGES[2], TextPart("How many?"),
     )
-    assert make("system", page_index=None).user == (*IMAGES, "How many?")
+    assert make("system", page_index=None).user == (*IMAGES, TextPart("How many?"))
+
+
+def test_an_example_reads_back_as_written() -> None:
+    for example in (make("prefix"), plain_example("p1", IMAGES, "Why?", "so", page_index=None)):
+        line = json.dumps(example.to_json())
+        assert SFTExample.from_json(line) == example
+    assert json.loads(json.dumps(make("none").to_json()))["user"][:2] == [
+        "Page 1:", {"image": "a" * 64, "suffix": ".png"}]
+
+
+def test_a_malformed_examples_line_is_named(tmp_path: Path) -> None:
+    good = make("system").to_json()
+    bad = json.loads(json.dumps(good))
+    bad["user"][1] = {"image": "a" * 64}  # no suffix
+    (tmp_path / "examples.jsonl").write_text(json.dumps(good) + "\n" + json.dumps(bad) + "\n")
+    with pytest.raises(UserError, match=r"examples.jsonl: line 2: user\.1\._ImageIn\.suffix: "
+                       "Field required"):
+        read_examples(tmp_path)
 
 
 @pytest.mark.parametrize(
@@ -42,23 +64,24 @@ def test_user_turn_has_every_page_with_its_index_then_the_question() -> None:
 def test_control_token_placements(placement, system, first, question, assistant) -> None:
     example = make(placement)
     assert example.system == system
-    assert example.user[0] == first and example.user[1] == IMAGES[0]
-    assert example.user[-1] == question
+    assert example.user[0] == TextPart(first) and example.user[1] == IMAGES[0]
+    assert example.user[-1] == TextPart(question)
     assert example.assistant == assistant
-    assert sum("<cot>" in p for p in example.user if isinstance(p, str)) == (
+    assert sum("<cot>" in p.text for p in example.user if isinstance(p, TextPart)) == (
         placement in ("prefix", "suffix"))
 
 
 def test_prefix_puts_the_token_before_the_first_page_as_the_reference_does() -> None:
     """The reference code writes `"<cot> " + user` where the user text starts with the images:
     without page indices the token is a text part of its own before the first image."""
-    assert make("prefix", page_index=None).user == ("<cot> ", *IMAGES, "How many?")
+    assert make("prefix", page_index=None).user == (
+        TextPart("<cot> "), *IMAGES, TextPart("How many?"))
 
 
 def test_plain_rows_carry_no_token_and_no_trace() -> None:
     example = plain_example("p1", IMAGES, "How many?", "4", page_index="Page {i}:")
     assert example.system is None and example.assistant == "4"
-    assert "<cot>" not in example.user[-1]
+    assert example.user[-1] == TextPart("How many?")
 
 
 def test_placement_mix_follows_the_weights() -> None:
@@ -72,15 +95,15 @@ def test_placement_mix_follows_the_weights() -> None:
 def _store(tmp_path: Path) -> Path:
     store = tmp_path / "store"
     store.mkdir()
-    for sha, suffix in IMAGES:
-        (store / f"{sha}{suffix}").write_bytes(sha.encode())
+    for key in IMAGES:
+        (store / key.name).write_bytes(key.sha256.encode())
     return store
 
 
 def test_trl_export_reads_back_as_messages_and_images(tmp_path: Path) -> None:
     store = _store(tmp_path)
     examples = [make(p) for p in ("system", "prefix", "none")]
-    counts = write_export(examples, "trl", lambda k: store / f"{k[0]}{k[1]}", tmp_path / "trl")
+    counts = write_export(examples, "trl", lambda k: store / k.name, tmp_path / "trl")
     assert counts == {"examples": 3, "images": 3}
     rows = pq.read_table(tmp_path / "trl" / "train.parquet").to_pylist()
     first = rows[0]
@@ -101,7 +124,7 @@ def test_trl_export_tells_a_traceless_row_from_a_plain_row(tmp_path: Path) -> No
     """Both have no token and no trace, so only the columns tell them apart."""
     store = _store(tmp_path)
     examples = [make("none"), plain_example("p1", IMAGES, "How many?", "4", page_index="Page {i}:")]
-    write_export(examples, "trl", lambda k: store / f"{k[0]}{k[1]}", tmp_path / "trl")
+    write_export(examples, "trl", lambda k: store / k.name, tmp_path / "trl")
     rows = pq.read_table(tmp_path / "trl" / "train.parquet").to_pylist()
     assert rows[0]["messages"] == rows[1]["messages"]
     assert [(r["kind"], r["placement"]) for r in rows] == [("trace", "none"), ("plain", "none")]
@@ -109,7 +132,7 @@ def test_trl_export_tells_a_traceless_row_from_a_plain_row(tmp_path: Path) -> No
 
 def test_llamafactory_export_has_one_placeholder_per_image(tmp_path: Path) -> None:
     store = _store(tmp_path)
-    write_export([make("suffix")], "llamafactory", lambda k: store / f"{k[0]}{k[1]}",
+    write_export([make("suffix")], "llamafactory", lambda k: store / k.name,
                  tmp_path / "lf")
     (row,) = [json.loads(line) for line in (tmp_path / "lf" / "train.jsonl").open()]
     user = row["messages"][0]["content"]

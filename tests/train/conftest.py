@@ -10,23 +10,23 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from docthink.export import SFTExample, plain_example, trace_example, write_export
+from docthink.export import ImageKey, SFTExample, plain_example, trace_example, write_export
 
 PLACEMENTS = ("system", "prefix", "suffix", "none")
 
 
-def page_images(store: Path, n: int, size: tuple[int, int] = (90, 128)) -> list[tuple[str, str]]:
+def page_images(store: Path, n: int, size: tuple[int, int] = (90, 128)) -> list[ImageKey]:
     """`n` distinct PNG pages in `store`, named as the export expects (sha-like key, suffix)."""
     store.mkdir(parents=True, exist_ok=True)
     keys = []
     for i in range(n):
-        key = (f"{i:02d}" * 32, ".png")
-        Image.new("RGB", size, (40 * i % 255, 90, 160)).save(store / f"{key[0]}{key[1]}")
+        key = ImageKey(f"{i:02d}" * 32, ".png")
+        Image.new("RGB", size, (40 * i % 255, 90, 160)).save(store / key.name)
         keys.append(key)
     return keys
 
 
-def examples(keys: Sequence[tuple[str, str]]) -> list[SFTExample]:
+def examples(keys: Sequence[ImageKey]) -> list[SFTExample]:
     """One trace row per placement (the none row carries no trace), and one plain row."""
     rows = [
         trace_example(f"q-{p}", keys[:3], f"How many ships in {p}?", "Page 2:\n\"four ships\"",
@@ -41,7 +41,7 @@ def write_trl(root: Path, rows: Sequence[SFTExample] | None = None) -> Path:
     keys = page_images(root / "store", 3)
     out = root / "export"
     write_export(examples(keys) if rows is None else rows, "trl",
-                 lambda k: root / "store" / f"{k[0]}{k[1]}", out)
+                 lambda k: root / "store" / k.name, out)
     return out
 
 

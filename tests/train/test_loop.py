@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from docthink.runs import Registry, RunRecord, tree_digest
+from docthink.runs import Registry, RunRecord, artifact_digest
 from docthink.testing import build_tiny_vlm
 from docthink.train.data import mix, read_export
 from docthink.train.recipe import MixtureSettings
@@ -116,10 +116,11 @@ def test_every_step_is_a_run_linked_to_its_inputs(loop: Loop) -> None:
     assert set(runs["eval-merged"].parents) == {runs["ingest"].id, runs["merge"].id}
     # the train run names the exact export it read, by hash, and the model it wrote
     (data,) = [a for a in runs["train"].artifacts if a.role == "input"]
-    assert (data.path, data.sha256) == (str((loop.root / "export").resolve()),
-                                        tree_digest(loop.root / "export")[0])
+    assert (data.path, data.digest) == (str((loop.root / "export").resolve()),
+                                        artifact_digest(loop.root / "export")[0])
     (model,) = runs["train"].outputs()
-    assert (model.path, model.sha256) == (str(loop.trained.resolve()), tree_digest(loop.trained)[0])
+    assert (model.path, model.digest) == (str(loop.trained.resolve()),
+                                          artifact_digest(loop.trained)[0])
     assert runs["train"].recipe["precision"] == "fp32"  # resolved from auto on a CPU machine
     # checkpoints, logs and the final model are in the train run's folder
     run_dir = Path(runs["train"].run_dir)

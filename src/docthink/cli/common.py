@@ -106,6 +106,26 @@ def _run(stage: Stage[S], recipe: S, runs_dir: Path, registry: Path | None) -> O
     return outcome
 
 
+def _print_or_run(
+    stage: Stage[S],
+    recipe: Path | None,
+    overrides: dict[str, object],
+    *,
+    print_recipe: bool,
+    placeholders: dict[str, object],
+    runs_dir: Path,
+    registry: Path | None,
+    note: str = "",
+    preset: str | None = None,
+) -> None:
+    """What a command with `--print-recipe` does: print the resolved recipe, or run the stage."""
+    if print_recipe:
+        _print_recipe(stage.recipe, recipe, overrides, placeholders, note, preset)
+    else:
+        _run(stage, load_recipe(stage.recipe, recipe, overrides, preset=preset), runs_dir,
+             registry)
+
+
 def _print_recipe(
     cls: type[S],
     recipe: Path | None,

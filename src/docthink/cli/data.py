@@ -16,17 +16,15 @@ from docthink.cli.common import (
     RegistryOpt,
     RunsDir,
     SeedOpt,
-    _print_recipe,
+    _print_or_run,
     _run,
     _say,
     app,
 )
 from docthink.corpus.recipe import IngestRecipe
 from docthink.export import ExportRecipe
-from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.recipe import load_recipe
 from docthink.stages import STAGES
-from docthink.synth.recipe import SynthRecipe
 
 
 class ExportFormatOpt(enum.StrEnum):
@@ -89,12 +87,10 @@ def synth(
 ) -> None:
     """Corpus + questions -> page evidence -> <think> traces -> answers -> SFT examples."""
     overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
-    if print_recipe:
-        placeholders = {"corpus": "CORPUS", "questions": "QUESTIONS.jsonl", "out": "RUN_DIR"}
-        _print_recipe(SynthRecipe, recipe, overrides, placeholders, SYNTH_RECIPE_NOTE, preset)
-        return
-    _run(STAGES["synth"], load_recipe(SynthRecipe, recipe, overrides, preset=preset), runs_dir,
-         registry)
+    _print_or_run(STAGES["synth"], recipe, overrides, print_recipe=print_recipe,
+                  placeholders={"corpus": "CORPUS", "questions": "QUESTIONS.jsonl",
+                                "out": "RUN_DIR"},
+                  runs_dir=runs_dir, registry=registry, preset=preset, note=SYNTH_RECIPE_NOTE)
 
 
 SYNTH_RECIPE_NOTE = """\
@@ -167,12 +163,9 @@ def questions(
     """Corpus -> single-page, multi-page and unanswerable questions in long contexts
     (questions.jsonl, the input of `docthink synth`)."""
     overrides = {"corpus": corpus, "out": out, "seed": seed}
-    if print_recipe:
-        _print_recipe(QuestionsRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"},
-                      preset=preset)
-        return
-    _run(STAGES["questions"], load_recipe(QuestionsRecipe, recipe, overrides, preset=preset),
-         runs_dir, registry)
+    _print_or_run(STAGES["questions"], recipe, overrides, print_recipe=print_recipe,
+                  placeholders={"corpus": "CORPUS", "out": "RUN_DIR"}, runs_dir=runs_dir,
+                  registry=registry, preset=preset)
 
 
 @app.command()
@@ -188,8 +181,7 @@ def tasks(
     """Corpus -> model-free tasks (unshuffle, missing page, key and position retrieval, counting)
     as SFT examples and exports."""
     overrides = {"corpus": corpus, "out": out, "seed": seed}
-    if print_recipe:
-        _print_recipe(TasksRecipe, recipe, overrides, {"corpus": "CORPUS", "out": "RUN_DIR"})
-        return
-    _run(STAGES["tasks"], load_recipe(TasksRecipe, recipe, overrides), runs_dir, registry)
+    _print_or_run(STAGES["tasks"], recipe, overrides, print_recipe=print_recipe,
+                  placeholders={"corpus": "CORPUS", "out": "RUN_DIR"}, runs_dir=runs_dir,
+                  registry=registry)
 

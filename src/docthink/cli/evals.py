@@ -13,7 +13,7 @@ from docthink.cli.common import (
     RecipeOpt,
     RegistryOpt,
     RunsDir,
-    _print_recipe,
+    _print_or_run,
     _run,
     app,
 )
@@ -74,7 +74,7 @@ def eval_run(
     registry: RegistryOpt = None,
 ) -> None:
     """Ask a model every selected question over the document's pages; extract, score, report."""
-    from docthink.evals.recipe import EvalRecipe, eval_overrides
+    from docthink.evals.recipe import eval_overrides
 
     overrides = eval_overrides(
         data=data, documents=documents, corpus=corpus, out=out, benchmark=benchmark, seed=seed,
@@ -85,12 +85,10 @@ def eval_run(
         scoring_judge_name=scoring_judge_name, scoring_prompt=scoring_prompt,
         concurrency=concurrency,
     )
-    if print_recipe:
-        placeholders = {"data": "samples.json", "documents": "DOCUMENTS", "out": "EVAL_DIR"}
-        _print_recipe(EvalRecipe, recipe, overrides, placeholders, preset=preset)
-        return
-    _run(STAGES["eval"], load_recipe(EvalRecipe, recipe, overrides, preset=preset), runs_dir,
-         registry)
+    _print_or_run(STAGES["eval"], recipe, overrides, print_recipe=print_recipe,
+                  placeholders={"data": "samples.json", "documents": "DOCUMENTS",
+                                "out": "EVAL_DIR"},
+                  runs_dir=runs_dir, registry=registry, preset=preset)
 
 
 @eval_app.command("rescore")

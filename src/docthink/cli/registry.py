@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 import yaml
@@ -25,6 +25,9 @@ from docthink.runs import (
     Registry,
     default_registry_path,
 )
+
+if TYPE_CHECKING:
+    from docthink.core.embedding import MiniLM
 
 
 @runs_app.command("list")
@@ -210,10 +213,10 @@ def runs_verify(
     checks = verify(records)
     bad = [c for c in checks if c.status != "ok"]
     for c in bad:
-        now = "" if c.sha256 is None else f" now {c.sha256[:12]} ({c.size} bytes)"
+        now = "" if c.digest is None else f" now {c.digest[:12]} ({c.size} bytes)"
         why = "" if c.reason is None else f" ({c.reason})"
         _say(f"{c.status:10} {c.run_id} {c.artifact.role} {c.artifact.path}{why}: recorded "
-             f"{c.artifact.sha256[:12]} ({c.artifact.size} bytes){now}")
+             f"{c.artifact.algorithm} {c.artifact.digest[:12]} ({c.artifact.size} bytes){now}")
     gone = {c.artifact.path for c in checks if c.status == "missing"}
     skipped = unreadable(records, gone)
     for s in skipped:
@@ -298,20 +301,17 @@ def search(
     registry: RegistryOpt = None,
 ) -> None:
     """Search runs, recipes, notes, generated data and eval answers: BM25 and MiniLM, fused."""
-    from docthink.registry.embed import MISSING, embedding_available, load_embedder
     from docthink.registry.index import skipped_files, skipped_line, update_index
     from docthink.registry.search import Searcher, marked
 
     reg = _registry(registry)
-    embedder = load_embedder(semantic)
+    embedder = _semantic_encoder() if semantic else None
     stats = update_index(reg, embedder, rescan=rescan)
     if stats.runs:
         _say(stats.line())
     skipped = skipped_files(reg)
     if skipped:
         _say(skipped_line(skipped))
-    if semantic and not embedding_available():
-        _say(MISSING)
     result = Searcher(reg, embedder).search(query, limit=limit * 5 if per_run else limit,
                                             sources=source)
     hits = result.hits
@@ -331,10 +331,22 @@ def search(
                           highlight=False, soft_wrap=True)
 
 
+def _semantic_encoder() -> "MiniLM":
+    """MiniLM for search, or one line saying how to get it or do without it."""
+    from docthink.core.embedding import EmbeddingUnavailable, minilm, unavailable
+
+    try:
+        return minilm()
+    except EmbeddingUnavailable:
+        raise unavailable("semantic search", "pass --no-semantic for full-text (BM25) search "
+                          "only") from None
+
+
 @app.command()
 def serve(
     host: Annotated[str, typer.Option(help="address to bind (other than loopback: on purpose)")] = "127.0.0.1",
     port: int = 8321,
+    semantic: Annotated[bool, typer.Option(help="search adds embedding similarity to full-text")] = True,
     registry: RegistryOpt = None,
 ) -> None:
     """A read-only web UI: leaderboard, run pages (lineage, recipe, artifacts, notes), search."""
@@ -342,8 +354,9 @@ def serve(
         import uvicorn
 
         from docthink.registry.web import create_app
+    encoder = _semantic_encoder() if semantic else None  # loaded now, not at the first search
     _say(f"serving {registry or default_registry_path()} on http://{host}:{port} (read-only)")
-    uvicorn.run(create_app(registry or default_registry_path()), host=host, port=port,
+    uvicorn.run(create_app(registry or default_registry_path(), encoder), host=host, port=port,
                 log_level="warning")
 
 
@@ -376,8 +389,8 @@ def reproduce(
         return
     outcome = rerun(steps, reg)
     for c in outcome.comparisons:
-        typer.echo(f"{c.status:9} {c.recorded.path} {c.recorded.sha256[:12]}"
-                   + ("" if c.now is None else f" -> {c.now.sha256[:12]}"))
+        typer.echo(f"{c.status:9} {c.recorded.path} {c.recorded.digest[:12]}"
+                   + ("" if c.now is None else f" -> {c.now.digest[:12]}"))
     typer.echo(f"rerun {outcome.run_id}: {outcome.summary()}")
     if not outcome.identical:
         raise typer.Exit(1)

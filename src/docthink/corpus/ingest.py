@@ -23,6 +23,7 @@ from pathlib import Path
 
 import orjson
 
+from docthink.core.hashing import file_digest
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import (
     CorpusError,
@@ -30,7 +31,6 @@ from docthink.corpus.files import (
     Layout,
     atomic_write,
     exclusive_lock,
-    sha256_file,
     sweep_tmp,
 )
 from docthink.corpus.manifest import ManifestRecord, load_state, reason_kind, write_manifest
@@ -190,7 +190,7 @@ def _plan(
 
 def _sha256_or_none(path: Path) -> str | None:
     try:
-        return sha256_file(path)
+        return file_digest(path, "sha256")  # the text store's key: content-addressed
     except OSError:  # vanished or unreadable: the worker will record why
         return None
 

@@ -20,7 +20,7 @@ async def run_requests(
     concurrency: int,
     on_done: Callable[[int], None] | None = None,
 ) -> list[ChatResult | RequestFailure]:
-    outcomes: list[ChatResult | RequestFailure | None] = [None] * len(requests)
+    outcomes: dict[int, ChatResult | RequestFailure] = {}  # request index -> its outcome
     next_index = 0
 
     async def worker() -> None:
@@ -37,4 +37,4 @@ async def run_requests(
                 on_done(1)
 
     await asyncio.gather(*(worker() for _ in range(min(concurrency, len(requests)))))
-    return outcomes  # type: ignore[return-value]  # every slot was filled by a worker
+    return [outcomes[i] for i in range(len(requests))]

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.evals.data import Benchmark, load_benchmark, load_v2
-from docthink.evals.judge import DEFAULT_JUDGE_PROMPT, JudgeMetric
+from docthink.evals.judge import DEFAULT_JUDGE_PROMPT, JudgeMetric, JudgeScoring
 from docthink.evals.metrics import V1_BREAKDOWNS, V2_BREAKDOWNS, Answer, Scored
 from docthink.evals.prompt import PromptFile
 from docthink.evals.recipe import BenchmarkName, ScoringSettings
@@ -61,8 +61,19 @@ def rules_scored(answer: Answer) -> Scored:
                   answered=answer.pred != NOT_ANSWERABLE)
 
 
+@dataclass(frozen=True, slots=True)
+class RulesScoring:
+    """What a report says of scoring by V1's rules."""
+
+    def to_json(self) -> dict[str, object]:
+        return {"metric": "rules"}
+
+
+Scoring = RulesScoring | JudgeScoring
+
+
 class RulesMetric:
-    record: dict[str, object] = {"metric": "rules"}
+    record = RulesScoring()
     usage: UsageMeter | None = None  # asks no model
 
     async def score_all(self, answers: Sequence[Answer]) -> list[Scored]:

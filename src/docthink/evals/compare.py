@@ -22,14 +22,15 @@ from __future__ import annotations
 
 import json
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from docthink.evals.benchmarks import rules_scored
 from docthink.evals.data import Benchmark, BenchRow, DataError
-from docthink.evals.metrics import Answer, Scored, compute
+from docthink.evals.metrics import Answer, ModeMetrics, Scored, compute, interval, pct
 from docthink.evals.scoring import scoreable
 from docthink.runs import file_sha256
 
@@ -98,11 +99,6 @@ def _rules(row: BenchRow, answer: Answer) -> Scored:
                                answer.output_tokens))
 
 
-def _metrics(scored: Sequence[Scored], seed: int) -> dict[str, object]:
-    computed = compute(scored, seed, breakdowns=()).as_dict()
-    return {key: computed[key] for key in METRIC_KEYS}
-
-
 def _cause(v1: BenchRow, v2: BenchRow) -> str:
     if not scoreable(v1.answer, v1.answer_format):
         return "V1 cannot score its reference"
@@ -111,42 +107,143 @@ def _cause(v1: BenchRow, v2: BenchRow) -> str:
     return "metric"
 
 
-def _row_fields(answer: Answer, old: BenchRow | None, v1: Scored | None) -> dict[str, object]:
-    row = answer.row
-    return {"index": row.index, "v1_index": None if old is None else old.index,
-            "mode": answer.mode, "doc_id": row.doc_id, "question": row.question,
-            "v1_answer": None if old is None else old.answer,
-            "v1_format": None if old is None else old.answer_format,
-            "v2_answer": row.answer, "v2_format": row.answer_format, "pred": answer.pred,
-            "v1_score": None if v1 is None else v1.score}
+@dataclass(frozen=True, slots=True)
+class ComparedRow:
+    """A V2 prediction, its V1 counterpart (None unless exactly one) and V1's rules' score."""
+
+    index: int
+    v1_index: int | None
+    mode: str
+    doc_id: str
+    question: str
+    v1_answer: str | None
+    v1_format: str | None
+    v2_answer: str
+    v2_format: str
+    pred: str
+    v1_score: float | None
+
+    @classmethod
+    def of(cls, answer: Answer, old: BenchRow | None, v1: Scored | None) -> ComparedRow:
+        row = answer.row
+        return cls(index=row.index, v1_index=None if old is None else old.index,
+                   mode=answer.mode, doc_id=row.doc_id, question=row.question,
+                   v1_answer=None if old is None else old.answer,
+                   v1_format=None if old is None else old.answer_format,
+                   v2_answer=row.answer, v2_format=row.answer_format, pred=answer.pred,
+                   v1_score=None if v1 is None else v1.score)
+
+    def to_json(self) -> dict[str, object]:
+        return {"index": self.index, "v1_index": self.v1_index, "mode": self.mode,
+                "doc_id": self.doc_id, "question": self.question, "v1_answer": self.v1_answer,
+                "v1_format": self.v1_format, "v2_answer": self.v2_answer,
+                "v2_format": self.v2_format, "pred": self.pred, "v1_score": self.v1_score}
 
 
-def _judge_fields(scored: Scored) -> dict[str, object]:
-    judged = scored.judged
-    return {"v2_score": scored.score,
-            "v2_verdict": None if judged is None else judged.verdict,
-            "abstained": None if judged is None else judged.abstained,
-            "v2_failure": scored.failure}
+@dataclass(frozen=True, slots=True)
+class JudgeReading:
+    """V2's judge on a prediction: its score, verdict and abstained, or why it could not judge."""
+
+    v2_score: float
+    v2_verdict: str | None
+    abstained: bool | None
+    v2_failure: str | None
+
+    @classmethod
+    def of(cls, scored: Scored) -> JudgeReading:
+        judged = scored.judged
+        return cls(scored.score, None if judged is None else judged.verdict,
+                   None if judged is None else judged.abstained, scored.failure)
+
+    def to_json(self) -> dict[str, object]:
+        return {"v2_score": self.v2_score, "v2_verdict": self.v2_verdict,
+                "abstained": self.abstained, "v2_failure": self.v2_failure}
+
+
+@dataclass(frozen=True, slots=True)
+class Disagreement:
+    """A row credited by one of V1's rules and V2's judge and not the other, with the cause."""
+
+    row: ComparedRow
+    judged: JudgeReading
+    cause: str
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.row.to_json(), **self.judged.to_json(), "cause": self.cause}
+
+
+@dataclass(frozen=True, slots=True)
+class Unscoreable:
+    """A row whose reference, V1's or V2's or both (named), V1's rules cannot score."""
+
+    row: ComparedRow
+    references: tuple[str, ...]
+    judged: JudgeReading
+
+    def to_json(self) -> dict[str, object]:
+        return {**self.row.to_json(), "unscoreable": list(self.references),
+                **self.judged.to_json()}
+
+
+@dataclass(frozen=True, slots=True)
+class Comparison:
+    """The same predictions under V1's rules and V2's judge, side by side (the module's
+    docstring says how rows are matched and what each side means)."""
+
+    v1_file: str
+    v1_sha256: str
+    v1_rows: int
+    corrections_sha256: str  # of V2's corrections_diff.json
+    not_compared: dict[str, int]  # why -> rows
+    modes: dict[str, dict[str, ModeMetrics]]  # mode -> side (SIDES) -> metrics
+    differ: tuple[Disagreement, ...]
+    v1_unscoreable: tuple[Unscoreable, ...]
+
+    @property
+    def compared(self) -> int:
+        return sum(sides["v2"].n for sides in self.modes.values())
+
+    @property
+    def differ_by_cause(self) -> dict[str, int]:
+        return dict(sorted(Counter(d.cause for d in self.differ).items()))
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "v1_data": {"file": self.v1_file, "sha256": self.v1_sha256, "rows": self.v1_rows},
+            "corrections": {"file": CORRECTIONS, "sha256": self.corrections_sha256},
+            "compared": self.compared,
+            "not_compared": self.not_compared,
+            "modes": {mode: {side: _metrics_json(m) for side, m in sides.items()}
+                      for mode, sides in self.modes.items()},
+            "differ_by_cause": self.differ_by_cause,
+            "differ": [d.to_json() for d in self.differ],
+            "v1_unscoreable": [u.to_json() for u in self.v1_unscoreable],
+        }
+
+
+def _metrics_json(metrics: ModeMetrics) -> dict[str, object]:
+    computed = metrics.as_dict()
+    return {key: computed[key] for key in METRIC_KEYS}
 
 
 def compare_with_v1(pairs: Sequence[tuple[Answer, Scored]], *, v1: Benchmark, v2: Benchmark,
-                    seed: int) -> dict[str, object]:
+                    seed: int) -> Comparison:
     """`pairs`: V2 predictions and V2's judge's scores of them."""
     counterparts = v1_counterparts(v1, v2)
     sides: dict[str, dict[str, list[Scored]]] = {}
     not_compared: Counter[str] = Counter()
-    differ: list[dict[str, object]] = []
-    unscoreable: list[dict[str, object]] = []
+    differ: list[Disagreement] = []
+    unscoreable: list[Unscoreable] = []
     for answer, judged in pairs:
         row = answer.row
         found = counterparts[row.index]
         old = found[0] if len(found) == 1 else None
         v1_scored = None if old is None else _rules(old, answer)
-        base = _row_fields(answer, old, v1_scored)
-        cannot = [name for name, ref in (("V1's reference", old), ("V2's reference", row))
-                  if ref is not None and not scoreable(ref.answer, ref.answer_format)]
+        base = ComparedRow.of(answer, old, v1_scored)
+        cannot = tuple(name for name, ref in (("V1's reference", old), ("V2's reference", row))
+                       if ref is not None and not scoreable(ref.answer, ref.answer_format))
         if cannot:
-            unscoreable.append({**base, "unscoreable": cannot, **_judge_fields(judged)})
+            unscoreable.append(Unscoreable(base, cannot, JudgeReading.of(judged)))
         if old is None or v1_scored is None:
             not_compared["no V1 row asks it" if not found else f"{len(found)} V1 rows ask it"] += 1
             continue
@@ -155,19 +252,18 @@ def compare_with_v1(pairs: Sequence[tuple[Answer, Scored]], *, v1: Benchmark, v2
         mode["v1_rules_v2_reference"].append(_rules(row, answer))
         mode["v2"].append(judged)
         if (v1_scored.score > 0) != (judged.score > 0):
-            differ.append({**base, **_judge_fields(judged), "cause": _cause(old, row)})
-    return {
-        "v1_data": {"file": v1.path.name, "sha256": v1.sha256, "rows": len(v1.rows)},
-        "corrections": {"file": CORRECTIONS,
-                        "sha256": file_sha256(v2.path.parent / CORRECTIONS)},
-        "compared": sum(len(m["v2"]) for m in sides.values()),
-        "not_compared": dict(sorted(not_compared.items())),
-        "modes": {mode: {side: _metrics(rows, seed) for side, rows in by_side.items()}
-                  for mode, by_side in sides.items()},
-        "differ_by_cause": dict(sorted(Counter(str(d["cause"]) for d in differ).items())),
-        "differ": differ,
-        "v1_unscoreable": unscoreable,
-    }
+            differ.append(Disagreement(base, JudgeReading.of(judged), _cause(old, row)))
+    return Comparison(
+        v1_file=v1.path.name,
+        v1_sha256=v1.sha256,
+        v1_rows=len(v1.rows),
+        corrections_sha256=file_sha256(v2.path.parent / CORRECTIONS),
+        not_compared=dict(sorted(not_compared.items())),
+        modes={mode: {side: compute(rows, seed, breakdowns=()) for side, rows in by_side.items()}
+               for mode, by_side in sides.items()},
+        differ=tuple(differ),
+        v1_unscoreable=tuple(unscoreable),
+    )
 
 
 # -- markdown -------------------------------------------------------------------------------------
@@ -181,61 +277,55 @@ def _cell(value: object) -> str:
     return str(value).replace("|", "\\|").replace("\n", " ")
 
 
-def _pct(value: object) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}"  # type: ignore[arg-type]
-
-
-def _interval(bounds: object) -> str:
-    return "-" if bounds is None else f"{_pct(bounds[0])} - {_pct(bounds[1])}"  # type: ignore[index]
-
-
-def render_comparison(comparison: Mapping[str, object]) -> list[str]:
-    v1: Mapping[str, object] = comparison["v1_data"]  # type: ignore[assignment]
+def render_comparison(comparison: Comparison) -> list[str]:
     lines = [
         "## V1's rules and V2's judge on the same predictions",
         "",
-        f"- V1 data: {v1['file']} ({v1['rows']} rows, sha256 {str(v1['sha256'])[:16]}); rows "
-        f"matched on document and question, through V2's {CORRECTIONS} where V2 rewrote it",
-        f"- predictions compared: {comparison['compared']}; not compared: "
-        f"{json.dumps(comparison['not_compared'])}",
+        (f"- V1 data: {comparison.v1_file} ({comparison.v1_rows} rows, sha256 "
+        f"{comparison.v1_sha256[:16]}); rows matched on document and question, through V2's "
+        f"{CORRECTIONS} where V2 rewrote it"),
+        (f"- predictions compared: {comparison.compared}; not compared: "
+        f"{json.dumps(comparison.not_compared)}"),
         "",
     ]
-    modes: Mapping[str, Mapping[str, Mapping[str, object]]] = comparison["modes"]  # type: ignore[assignment]
-    for mode, by_side in modes.items():
+    for mode, by_side in comparison.modes.items():
         lines += [f"### {mode}", "", f"| metric | {' | '.join(SIDES.values())} |",
                   "|---|" + "---:|" * len(SIDES)]
-        for label, cell in (
-            ("accuracy", lambda m: _pct(m["acc"])),
-            ("95% interval", lambda m: _interval(m["acc_ci95"])),
-            ("F1", lambda m: _pct(m["f1"])),
-            ("F1 95% interval", lambda m: _interval(m["f1_ci95"])),
-            ("recall / precision", lambda m: f"{_pct(m['recall'])} / {_pct(m['precision'])}"),
-            ("answered", lambda m: str(m["answered"])),
-            ("questions", lambda m: str(m["n"])),
-        ):
+        cells: tuple[tuple[str, Callable[[ModeMetrics], str]], ...] = (
+            ("accuracy", lambda m: pct(m.acc)),
+            ("95% interval", lambda m: interval(m.intervals["acc"])),
+            ("F1", lambda m: pct(m.f1)),
+            ("F1 95% interval", lambda m: interval(m.intervals["f1"])),
+            ("recall / precision", lambda m: f"{pct(m.recall)} / {pct(m.precision)}"),
+            ("answered", lambda m: str(m.answered)),
+            ("questions", lambda m: str(m.n)),
+        )
+        for label, cell in cells:
             lines.append(f"| {label} | {' | '.join(cell(by_side[s]) for s in SIDES)} |")
         lines.append("")
-    differ: list[Mapping[str, object]] = comparison["differ"]  # type: ignore[assignment]
-    lines += [f"### Rows whose verdicts differ: {len(differ)} "
-              f"{json.dumps(comparison['differ_by_cause'])}", ""]
+    differ = comparison.differ
+    lines += [(f"### Rows whose verdicts differ: {len(differ)} "
+              f"{json.dumps(comparison.differ_by_cause)}"), ""]
     if differ:
-        lines += ["| V2 row | V1 row | mode | question | V1 reference | V2 reference | extracted "
-                  "| V1 score | V2 verdict | cause |", "|---:|---:|---|---|---|---|---|---:|---|---|"]
+        lines += [("| V2 row | V1 row | mode | question | V1 reference | V2 reference | extracted "
+                  "| V1 score | V2 verdict | cause |"), "|---:|---:|---|---|---|---|---|---:|---|---|"]
         for d in differ:
-            lines.append("| " + " | ".join(_cell(d[k]) for k in (
-                "index", "v1_index", "mode", "question", "v1_answer", "v2_answer", "pred",
-                "v1_score", "v2_verdict", "cause")) + " |")
+            r = d.row
+            lines.append("| " + " | ".join(_cell(v) for v in (
+                r.index, r.v1_index, r.mode, r.question, r.v1_answer, r.v2_answer, r.pred,
+                r.v1_score, d.judged.v2_verdict, d.cause)) + " |")
         lines.append("")
-    unscoreable: list[Mapping[str, object]] = comparison["v1_unscoreable"]  # type: ignore[assignment]
+    unscoreable = comparison.v1_unscoreable
     lines += [f"### Rows V1's rules cannot score: {len(unscoreable)}", ""]
     if unscoreable:
-        lines += ["| V2 row | V1 row | mode | question | V1 reference (format) | V2 reference "
-                  "(format) | unscoreable | V1 score | V2 verdict | abstained |",
+        lines += [("| V2 row | V1 row | mode | question | V1 reference (format) | V2 reference "
+                  "(format) | unscoreable | V1 score | V2 verdict | abstained |"),
                   "|---:|---:|---|---|---|---|---|---:|---|---|"]
         for u in unscoreable:
-            v1_ref = None if u["v1_answer"] is None else f"{u['v1_answer']} ({u['v1_format']})"
+            r = u.row
+            v1_ref = None if r.v1_answer is None else f"{r.v1_answer} ({r.v1_format})"
             lines.append("| " + " | ".join(_cell(v) for v in (
-                u["index"], u["v1_index"], u["mode"], u["question"], v1_ref,
-                f"{u['v2_answer']} ({u['v2_format']})", ", ".join(u["unscoreable"]),  # type: ignore[arg-type]
-                u["v1_score"], u["v2_verdict"], u["abstained"])) + " |")
+                r.index, r.v1_index, r.mode, r.question, v1_ref,
+                f"{r.v2_answer} ({r.v2_format})", ", ".join(u.references),
+                r.v1_score, u.judged.v2_verdict, u.judged.abstained)) + " |")
     return lines

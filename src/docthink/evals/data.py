@@ -27,10 +27,10 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, ValidationError, field_validator
 
 from docthink.core.errors import UserError
+from docthink.core.hashing import file_digest
 from docthink.core.seeded import uniform
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.evals.scoring import AnswerFormat
-from docthink.runs import file_sha256
 
 FIELDS = ("doc_id", "doc_type", "question", "answer", "evidence_pages", "evidence_sources",
           "answer_format")
@@ -114,7 +114,7 @@ def load_benchmark(path: Path) -> Benchmark:
     else:
         raise DataError(f"{path}: unknown layout (expected .json, .parquet or .tsv)")
     rows = _validated(path, raw)
-    return Benchmark(path=path, sha256=file_sha256(path), layout=layout, rows=tuple(rows))
+    return Benchmark(path=path, sha256=file_digest(path, "sha256"), layout=layout, rows=tuple(rows))
 
 
 class _Labels(BaseModel):
@@ -156,7 +156,8 @@ def load_v2(path: Path) -> Benchmark:
         rows.append(row.model_copy(update={"task_type": label.task_type,
                                            "requires_visual": label.requires_visual}))
     return Benchmark(path=path, sha256=benchmark.sha256, layout=benchmark.layout,
-                     rows=tuple(rows), labels=labels_path, labels_sha256=file_sha256(labels_path))
+                     rows=tuple(rows), labels=labels_path,
+                     labels_sha256=file_digest(labels_path, "sha256"))
 
 
 def _json_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from docthink.core.vocab import NOT_ANSWERABLE, THINK_CLOSE, THINK_OPEN
 from docthink.engine.local import run_requests
-from docthink.evals.prompt import PROMPT_DIR, PromptFile
+from docthink.evals.prompt import PROMPT_DIR, JudgeRecord, PromptFile
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.progress import progress
 
@@ -151,12 +151,33 @@ def parse_judge(outcome: ChatResult | RequestFailure) -> Extraction:
 # -- the two extractors, one interface ---------------------------------------------------------------
 
 
+@dataclass(frozen=True, slots=True)
+class RuleExtraction:
+    """What a report says of rule extraction."""
+
+    def to_json(self) -> dict[str, object]:
+        return {"method": "rule"}
+
+
+@dataclass(frozen=True, slots=True)
+class LLMExtraction:
+    """What a report says of LLM extraction: the judge, its prompt and token budget."""
+
+    judge: JudgeRecord
+
+    def to_json(self) -> dict[str, object]:
+        return {"method": "llm", **self.judge.to_json()}
+
+
+ExtractionMethod = RuleExtraction | LLMExtraction
+
+
 class RuleExtractor:
     """No judge: `rule_extract` on every (question, response)."""
 
     @property
-    def record(self) -> dict[str, object]:
-        return {"method": "rule"}
+    def record(self) -> RuleExtraction:
+        return RuleExtraction()
 
     async def extract_all(self, asks: Sequence[tuple[str, str]]) -> list[Extraction]:
         return [rule_extract(question, response) for question, response in asks]
@@ -178,9 +199,8 @@ class JudgeExtractor:
         self.show_progress = show_progress
 
     @property
-    def record(self) -> dict[str, object]:
-        return {"method": "llm", "judge": self.judge.name, **self.prompt.record(),
-                "max_tokens": self.max_tokens}
+    def record(self) -> LLMExtraction:
+        return LLMExtraction(JudgeRecord.of(self.judge.name, self.prompt, self.max_tokens))
 
     async def extract_all(self, asks: Sequence[tuple[str, str]]) -> list[Extraction]:
         responses = [final_text(response) for _, response in asks]

@@ -18,12 +18,13 @@ the request cache like every request: a rerun asks only what was never answered.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
 from docthink.engine.local import run_requests
 from docthink.evals.metrics import Answer, Scored
-from docthink.evals.prompt import PROMPT_DIR, PromptFile
+from docthink.evals.prompt import PROMPT_DIR, JudgeRecord, PromptFile
 from docthink.models.base import (
     ChatModel,
     ChatRequest,
@@ -54,6 +55,16 @@ def judge_request(prompt: PromptFile, question: str, reference: str, answer_form
     )
 
 
+@dataclass(frozen=True, slots=True)
+class JudgeScoring:
+    """What a report says of scoring by an LLM judge: the judge, its prompt and token budget."""
+
+    judge: JudgeRecord
+
+    def to_json(self) -> dict[str, object]:
+        return {"metric": "judge", **self.judge.to_json()}
+
+
 class JudgeMetric:
     """The judge model behind its own connection to a request cache (an eval run's
     `cache.sqlite`, which the evaluated model's replies share), closed by `aclose`."""
@@ -68,9 +79,8 @@ class JudgeMetric:
         self.show_progress = show_progress
 
     @property
-    def record(self) -> dict[str, object]:
-        return {"metric": "judge", "judge": self.judge.name, **self.prompt.record(),
-                "max_tokens": self.max_tokens}
+    def record(self) -> JudgeScoring:
+        return JudgeScoring(JudgeRecord.of(self.judge.name, self.prompt, self.max_tokens))
 
     @property
     def usage(self) -> UsageMeter:

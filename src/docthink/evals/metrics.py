@@ -197,3 +197,15 @@ def compute(scored: Sequence[Scored], seed: int,
         failures=sum(s.failure is not None for s in scored),
         breakdowns={name: breakdown(scored, BREAKDOWNS[name][1]) for name in breakdowns},
     )
+
+
+# -- as reports print them ------------------------------------------------------------------------
+
+
+def pct(value: float | None) -> str:
+    """A score in percent, one decimal; "-" when there is none."""
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
+def interval(bounds: tuple[float, float] | None) -> str:
+    return "-" if bounds is None else f"{pct(bounds[0])} - {pct(bounds[1])}"

@@ -23,5 +23,22 @@ class PromptFile:
     def read(cls, path: Path) -> PromptFile:
         return cls(path, path.read_text(encoding="utf-8"))
 
-    def record(self) -> dict[str, str]:
-        return {"prompt": self.path.name, "prompt_sha256": self.sha256}
+
+
+@dataclass(frozen=True, slots=True)
+class JudgeRecord:
+    """Which judge model read the responses, with which prompt and token budget: what a report
+    says of an LLM extraction or an LLM judge's scoring."""
+
+    model: str
+    prompt: str  # the prompt's file name
+    prompt_sha256: str
+    max_tokens: int
+
+    @classmethod
+    def of(cls, model: str, prompt: PromptFile, max_tokens: int) -> JudgeRecord:
+        return cls(model, prompt.path.name, prompt.sha256, max_tokens)
+
+    def to_json(self) -> dict[str, object]:
+        return {"judge": self.model, "prompt": self.prompt, "prompt_sha256": self.prompt_sha256,
+                "max_tokens": self.max_tokens}

@@ -174,12 +174,11 @@ class RescoreRecipe(Recipe):
         return self
 
 
-def _pruned(value: object) -> object:
+def _pruned(overrides: dict[str, object]) -> dict[str, object]:
     """Nested overrides without the flags that were not given (None), so they do not erase what
     the recipe file sets."""
-    if not isinstance(value, dict):
-        return value
-    kept = {k: _pruned(v) for k, v in value.items() if v is not None}
+    kept = {k: _pruned(v) if isinstance(v, dict) else v for k, v in overrides.items()
+            if v is not None}
     return {k: v for k, v in kept.items() if v != {}}
 
 
@@ -211,7 +210,7 @@ def eval_overrides(
 ) -> dict[str, object]:
     """Command-line flags as a nested recipe override (flags win over the recipe file)."""
     judge = endpoint(judge_url, judge_name)
-    return _pruned({  # type: ignore[return-value]
+    return _pruned({
         "data": data, "documents": documents, "corpus": corpus, "out": out,
         "benchmark": benchmark, "seed": seed, "concurrency": concurrency,
         "model": endpoint(model_url, model_name),
@@ -233,4 +232,4 @@ def endpoint(url: str | None, name: str | None) -> dict[str, object] | None:
 
 def scoring_overrides(judge_url: str | None, judge_name: str | None,
                       prompt: Path | None) -> dict[str, object]:
-    return _pruned({"judge": endpoint(judge_url, judge_name), "prompt": prompt})  # type: ignore[return-value]
+    return _pruned({"judge": endpoint(judge_url, judge_name), "prompt": prompt})

@@ -14,7 +14,6 @@ import asyncio
 import json
 import math
 import os
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,7 +49,7 @@ from docthink.evals.extract import (
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PromptFile
 from docthink.evals.recipe import EvalRecipe, InferenceSettings, Mode, RescoreRecipe
-from docthink.evals.report import build_report, write_report
+from docthink.evals.report import Questions, Report, build_report, write_report
 from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
 from docthink.models.build import build_model
 from docthink.models.cache import CachedModel, RequestCache
@@ -87,10 +86,10 @@ class Prediction:
 
 @dataclass(frozen=True, slots=True)
 class EvalResult:
-    report: dict[str, object]
+    report: Report
     predictions: Path
     report_files: list[Path]
-    usage: dict[str, object]
+    usage: dict[str, dict[str, object] | None]  # model, judge, scoring -> tokens and requests
     data_files: list[Path]  # the benchmark's files that were read
 
 
@@ -338,7 +337,7 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
         scored={mode: [p.scored for p in predictions if p.answer.mode == mode]
                 for mode in recipe.inference.modes},
         seed=recipe.seed,
-        questions=_questions(len(rows), skipped),
+        questions=Questions.of(len(rows), skipped),
         model=model.name,
         extraction=extractor.record,
         scoring=metric.record,
@@ -346,14 +345,6 @@ def evaluate(recipe: EvalRecipe, *, show_progress: bool = False) -> EvalResult:
     )
     files = write_report(report, recipe.out / "report.json")
     return EvalResult(report, predictions_path, files, usage, benchmark.files())
-
-
-def _questions(evaluated: int, skipped: dict[int, str]) -> dict[str, object]:
-    return {
-        "evaluated": evaluated,
-        "skipped": len(skipped),
-        "skipped_reasons": dict(sorted(Counter(skipped.values()).items())),
-    }
 
 
 def _extractor(recipe: EvalRecipe, corpus: Corpus, cache: RequestCache,
@@ -440,7 +431,7 @@ async def _score(metric: Metric, answers: Sequence[Answer]) -> list[Scored]:
         await metric.aclose()
 
 
-def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> dict[str, object]:
+def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> Report:
     """Score a predictions file against the data with the benchmark's metric, without the
     evaluated model (a judge-scored benchmark asks its judge, through the request cache); with
     `v1_data`, also side by side with V1's rules."""
@@ -464,7 +455,7 @@ def rescore(recipe: RescoreRecipe, *, show_progress: bool = False) -> dict[str, 
         data=benchmark,
         scored=by_mode,
         seed=recipe.seed,
-        questions=_questions(len(answered), unanswered),
+        questions=Questions.of(len(answered), unanswered),
         scoring=metric.record,
         comparison=comparison,
     )

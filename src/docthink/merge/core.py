@@ -12,11 +12,11 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from docthink.core.errors import OutputExists
-from docthink.merge.hashing import sha256_bytes
+from docthink.core.hashing import ALGORITHM, FileDigest, bytes_digest
 from docthink.merge.lora import ADAPTER_CONFIG, is_adapter, open_adapter, plan_lora
 from docthink.merge.plan import MergeError, MergePlan, TensorPlan, VocabGrowth, plan_full
 from docthink.merge.safetensors_io import index_json, open_checkpoint, shard_names
-from docthink.merge.stream import stream
+from docthink.merge.stream import KnownDigest, stream
 
 RECIPE_NAME = "merge_recipe.json"
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf", ".onnx")  # fmt: skip
@@ -27,7 +27,7 @@ _NEVER_COPIED = {RECIPE_NAME, "trainer_state.json", ADAPTER_CONFIG}
 class MergedOutput:
     alpha: float
     path: Path
-    files: dict[str, str]  # file name -> sha256, every file but merge_recipe.json
+    files: dict[str, str]  # file name -> digest (ALGORITHM), every file but merge_recipe.json
 
 
 @dataclass(frozen=True)
@@ -35,8 +35,11 @@ class MergeReport:
     base: Path
     tuned: Path
     tuned_kind: str  # "full" or "lora"
-    base_files: dict[str, str]  # weight files (index + shards) -> sha256
+    base_files: dict[str, str]  # weight files (index + shards) -> digest (ALGORITHM)
     tuned_files: dict[str, str]
+    # the inputs' digests taken while the files were quiet, with their fingerprints: a registry
+    # keeps them to skip hashing the same files next time (docthink.core.hashing.quiet)
+    reusable: tuple[FileDigest, ...]
     outputs: tuple[MergedOutput, ...]
     vocab_growth: tuple[VocabGrowth, ...]
     stand_ins: dict[str, str]  # output tensor -> base tensor merged in its place (tied head)
@@ -58,12 +61,15 @@ def merge_checkpoints(
     chunk_bytes: int = 256 * 2**20,
     progress: bool = False,
     overwrite: bool = False,
+    known_digest: KnownDigest = lambda path, fingerprint: None,
 ) -> MergeReport:
     """Write `base + alpha * (tuned - base)` to `outs[i]` for each `alphas[i]`, reading once.
 
     `tuned` is a full checkpoint or a PEFT LoRA adapter folder. `chunk_bytes` bounds the
     buffers of one step (inputs, outputs, LoRA delta), hence the memory beyond the interpreter.
-    Each output appears at its path only once complete (written under `OUT.tmp-*`, renamed)."""
+    Each output appears at its path only once complete (written under `OUT.tmp-*`, renamed).
+    `known_digest(path, fingerprint now)` gives an input's digest when it is known already (a
+    registry's, for a file not written since it was hashed): that file is not hashed."""
     start = time.perf_counter()
     base, tuned, outs, alphas = (
         Path(base),
@@ -87,13 +93,16 @@ def merge_checkpoints(
     try:
         tmps.extend(_make_tmp(out) for out in outs)
         inputs = [*base_ckpt.files, *tuned_weights]
-        in_hashes, out_weights = stream(shards, tmps, alphas, chunk_bytes, inputs, progress)
+        in_hashes, out_weights = stream(
+            shards, tmps, alphas, chunk_bytes, inputs, known_digest, progress
+        )
         report = MergeReport(
             base=base,
             tuned=tuned,
             tuned_kind=kind,
-            base_files={p.name: in_hashes[p] for p in base_ckpt.files},
-            tuned_files={p.name: in_hashes[p] for p in tuned_weights},
+            base_files={p.name: in_hashes[p].digest for p in base_ckpt.files},
+            tuned_files={p.name: in_hashes[p].digest for p in tuned_weights},
+            reusable=tuple(d for d in in_hashes.values() if d.fingerprint is not None),
             outputs=tuple(
                 MergedOutput(a, o, files) for a, o, files in zip(alphas, outs, out_weights)
             ),
@@ -197,11 +206,11 @@ def _finish_folder(
         weight_map = {t.name: name for name, shard in zip(names, shards) for t in shard}
         text = index_json(weight_map, report.bytes_per_output).encode()
         (tmp / "model.safetensors.index.json").write_bytes(text)
-        output.files["model.safetensors.index.json"] = sha256_bytes(text)
+        output.files["model.safetensors.index.json"] = bytes_digest(text)
     for name, src in extra.items():
         data = src.read_bytes()
         (tmp / name).write_bytes(data)
-        output.files[name] = sha256_bytes(data)
+        output.files[name] = bytes_digest(data)
     (tmp / RECIPE_NAME).write_text(json.dumps(_recipe(report, output), indent=2) + "\n")
 
 
@@ -211,6 +220,7 @@ def _recipe(report: MergeReport, output: MergedOutput) -> dict:
         "formula": "base + alpha * (tuned - base)",
         "arithmetic": "float32 (float64 for F64), rounded to nearest even in the tensor's dtype",
         "alpha": output.alpha,
+        "digests": ALGORITHM,  # of the files listed below
         "base": {"path": str(report.base), "files": report.base_files},
         "tuned": {
             "path": str(report.tuned),

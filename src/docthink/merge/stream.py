@@ -1,15 +1,23 @@
 """Tensors moved piece by piece: read, combined for every alpha, written and hashed.
 
 Peak memory is the arena (`chunk_bytes`) whatever the model size. The arena has two halves:
-while piece k+1 is read and combined in one half, the sha256 of piece k's bytes (inputs and
-outputs) runs on the other. Each byte stream (the base folder, the tuned folder, each output)
-has its own single-thread lane, so its hash sees its bytes in order.
+while piece k+1 is read and combined in one half, piece k's bytes in the other are hashed
+(inputs and outputs) and written (outputs). Each byte stream (the base folder, the tuned folder,
+each output) has its own single-thread lane, so its hash and its file see its bytes in order.
+
+Nothing is read twice for its digest: inputs are hashed as the merge reads them (in file order:
+the merge walks the base in file order, and a tuned checkpoint saved by the same code has the same
+order; an input not read in file order is hashed from disk at the end), outputs from the buffers
+written. An input whose digest the caller already knows (`known_digest`: the registry's, for a
+file not written since) is not hashed at all. Every input's fingerprint is taken before the merge
+and compared after it: an input written meanwhile fails the merge.
 """
 
 from __future__ import annotations
 
-import hashlib
 import os
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -17,12 +25,21 @@ from typing import Self
 
 import numpy as np
 
-from docthink.merge.hashing import InputHash, file_sha256
+from docthink.core.hashing import (
+    ALGORITHM,
+    FileDigest,
+    Fingerprint,
+    file_digest,
+    fingerprint,
+    hasher,
+    quiet,
+)
 from docthink.merge.kernel import CODECS, Combiner
 from docthink.merge.plan import TensorPlan, load_raw
 from docthink.merge.safetensors_io import (
     FLOAT_DTYPES,
     ITEMSIZE,
+    CheckpointError,
     TensorRef,
     header_bytes,
     read_into,
@@ -33,14 +50,18 @@ from docthink.merge.safetensors_io import (
 _ALIGN = 64
 
 
+KnownDigest = Callable[[Path, Fingerprint], str | None]
+
+
 def stream(
     shards: list[list[TensorPlan]], tmps: list[Path], alphas: list[float], chunk_bytes: int,
-    inputs: list[Path], progress: bool,
-) -> tuple[dict[Path, str], list[dict[str, str]]]:  # fmt: skip
-    """Writes every output's shards; returns {input file: sha256} and per output {shard: sha256}."""
+    inputs: list[Path], known_digest: KnownDigest, progress: bool,
+) -> tuple[dict[Path, FileDigest], list[dict[str, str]]]:  # fmt: skip
+    """Writes every output's shards; returns {input file: digest} and per output {shard: digest}."""
     total = sum(t.out.nbytes for shard in shards for t in shard)
     digests: list[dict[str, Future]] = [{} for _ in tmps]
-    with _Streamer(alphas, chunk_bytes, inputs, total, progress) as streamer:
+    watched = _Watched(inputs, known_digest)
+    with _Streamer(alphas, chunk_bytes, watched, total, progress) as streamer:
         for name, shard in zip(shard_names(len(shards)), shards):
             header = memoryview(
                 header_bytes([(t.name, t.out.dtype, t.out.shape, t.out.nbytes) for t in shard])
@@ -54,6 +75,54 @@ def stream(
                 jobs[name] = w.close(len(header) + sum(t.out.nbytes for t in shard))
         in_hashes = streamer.input_hashes()
         return in_hashes, [{name: job.result() for name, job in jobs.items()} for jobs in digests]
+
+
+class _InputHash:
+    """The digest of a safetensors file, fed with the byte ranges the merge reads."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.size = path, path.stat().st_size
+        self.hash, self.pos, self.in_order = hasher(), 0, True
+        with open(path, "rb") as f:
+            prefix = f.read(8)
+            self.feed(0, memoryview(prefix + f.read(int.from_bytes(prefix, "little"))))
+
+    def feed(self, offset: int, data: memoryview) -> None:
+        """Bytes at `offset`; ranges already hashed are skipped, a range past a gap ends feeding."""
+        if offset > self.pos:
+            self.in_order = False
+        if self.in_order and offset + len(data) > self.pos:
+            self.hash.update(data[self.pos - offset :])
+            self.pos = offset + len(data)
+
+    def hexdigest(self) -> str:
+        if self.in_order and self.pos == self.size:
+            return self.hash.hexdigest()
+        return file_digest(self.path)
+
+
+class _Watched:
+    """The inputs: their fingerprints before the merge, the digests already known, and the
+    hashes of the others (safetensors files fed as they are read, the rest read at the end)."""
+
+    def __init__(self, inputs: list[Path], known_digest: KnownDigest) -> None:
+        self.before = {p: (time.time_ns(), fingerprint(p)) for p in inputs}
+        self.known = {p: d for p, (_, fp) in self.before.items()
+                      if (d := known_digest(p, fp)) is not None}
+        self.fed = {p: _InputHash(p) for p in inputs
+                    if p.suffix == ".safetensors" and p not in self.known}
+
+    def digest(self, path: Path) -> FileDigest:
+        """The input's digest, once the merge is done with it."""
+        looked, before = self.before[path]
+        after = fingerprint(path)
+        if after != before:
+            raise CheckpointError(f"{path}: written during the merge; merge again")
+        if path in self.known:
+            return FileDigest(str(path.resolve()), ALGORITHM, self.known[path], None)
+        digest = self.fed[path].hexdigest() if path in self.fed else file_digest(path)
+        reusable = after if quiet(before, after, looked) else None
+        return FileDigest(str(path.resolve()), ALGORITHM, digest, reusable)
 
 
 class _Lanes:
@@ -73,33 +142,41 @@ class _Lanes:
 
 
 class _ShardWriter:
+    """One output shard, written and hashed on its folder's lane (in order) while the main thread
+    reads and combines the next piece."""
+
     def __init__(self, path: Path, streamer: _Streamer) -> None:
         self.path, self.streamer = path, streamer
         self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        self.sha, self.written = hashlib.sha256(), 0
+        self.hash, self.written = hasher(), 0
 
     def write(self, data: memoryview) -> None:
-        self.streamer.hash(self.path.parent, self.sha.update, data)
+        self.streamer.on_lane(self.path.parent, self._write, data)
+
+    def _write(self, data: memoryview) -> None:
+        self.hash.update(data)
         write_all(self.fd, data)
         self.written += len(data)
 
     def close(self, size: int) -> Future:
+        return self.streamer.lanes.submit(self.path.parent, self._close, size)
+
+    def _close(self, size: int) -> str:
         os.close(self.fd)
         if self.written != size:
             raise AssertionError(f"{self.path}: wrote {self.written} of {size} bytes")
-        return self.streamer.lanes.submit(self.path.parent, self.sha.hexdigest)
+        return self.hash.hexdigest()
 
 
 class _Streamer:
     def __init__(
-        self, alphas: list[float], chunk_bytes: int, inputs: list[Path], total: int, progress: bool
+        self, alphas: list[float], chunk_bytes: int, inputs: _Watched, total: int, progress: bool
     ) -> None:
         self.alphas, self.budget = alphas, chunk_bytes // 2
         # pages are only touched (and counted as resident) as pieces use them
         self.halves = [np.empty(self.budget + 8 * _ALIGN, np.uint8) for _ in range(2)]
         self.half, self.pending = 0, [[], []]
-        self.inputs = {p: InputHash(p) for p in inputs if p.suffix == ".safetensors"}
-        self.other_inputs = [p for p in inputs if p.suffix != ".safetensors"]
+        self.inputs = inputs
         self.fds: dict[Path, int] = {}
         self.combiner, self.lanes = Combiner(), _Lanes()
         self.bar = _progress(total) if progress else None
@@ -115,12 +192,12 @@ class _Streamer:
         if self.bar is not None:
             self.bar.stop()
 
-    def hash(self, lane: Path, update, data: memoryview) -> None:
-        self.pending[self.half].append(self.lanes.submit(lane, update, data))
+    def on_lane(self, lane: Path, fn, data: memoryview) -> None:
+        """`fn(data)` on the lane; the arena half holding `data` is reused once it is done."""
+        self.pending[self.half].append(self.lanes.submit(lane, fn, data))
 
-    def input_hashes(self) -> dict[Path, str]:
-        jobs = {p: self.lanes.submit(p.parent, h.hexdigest) for p, h in self.inputs.items()}
-        jobs |= {p: self.lanes.submit(p.parent, file_sha256, p) for p in self.other_inputs}
+    def input_hashes(self) -> dict[Path, FileDigest]:
+        jobs = {p: self.lanes.submit(p.parent, self.inputs.digest, p) for p in self.inputs.before}
         return {p: job.result() for p, job in jobs.items()}
 
     def tensor(self, t: TensorPlan, writers: list[_ShardWriter]) -> None:
@@ -188,7 +265,7 @@ class _Streamer:
         return b * compute.type(f.scale), a
 
     def _carve(self, *sizes: int) -> list[np.ndarray]:
-        """Views into the next arena half, once the hashing of its previous bytes is done."""
+        """Views into the next arena half, once its previous bytes are hashed and written."""
         self.half ^= 1
         for job in self.pending[self.half]:
             job.result()
@@ -202,11 +279,12 @@ class _Streamer:
         if ref.file not in self.fds:
             self.fds[ref.file] = os.open(ref.file, os.O_RDONLY)
         read_into(self.fds[ref.file], ref.offset + byte_start, memoryview(buf), ref.file)
-        self.hash(
-            ref.file.parent,
-            partial(self.inputs[ref.file].feed, ref.offset + byte_start),
-            memoryview(buf),
-        )
+        if ref.file in self.inputs.fed:
+            self.on_lane(
+                ref.file.parent,
+                partial(self.inputs.fed[ref.file].feed, ref.offset + byte_start),
+                memoryview(buf),
+            )
 
     def _advance(self, n: int) -> None:
         if self.bar is not None:

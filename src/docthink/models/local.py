@@ -165,10 +165,11 @@ class Batcher:
         while self._queue:
             batch = self._next_batch()
             self.batches.append(len(batch))
+            outcomes: Sequence[Outcome | Exception]
             try:
                 outcomes = await asyncio.to_thread(self.run, [p.job for p in batch])
             except Exception as error:  # noqa: BLE001  # a bug: re-raised in each caller, not lost
-                outcomes = [error] * len(batch)  # type: ignore[list-item]
+                outcomes = [error] * len(batch)
             for pending, outcome in zip(batch, outcomes, strict=True):
                 if pending.future.cancelled():
                     continue

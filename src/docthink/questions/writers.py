@@ -107,7 +107,14 @@ class Draft:
 
 # -- writers ------------------------------------------------------------------------------------
 
-Outcome = list[Draft] | str  # drafts, or why there are none
+@dataclass(frozen=True, slots=True)
+class NoDrafts:
+    """Why an item gave no draft question (the item is dropped with this reason)."""
+
+    reason: str
+
+
+Outcome = list[Draft] | NoDrafts
 
 
 class ExtractiveWriter:
@@ -130,7 +137,7 @@ class ExtractiveWriter:
             facts = ex.page_facts(self._corpus.page_text(ref))
             kind = next((k for k in self._kinds(spec) if facts[k]), None)
             if kind is None:
-                outcomes.append("no extractable fact")
+                outcomes.append(NoDrafts("no extractable fact"))
                 continue
             chosen = rng(self._seed, qid, "extractive").sample(
                 facts[kind], min(spec.n_questions, len(facts[kind]))
@@ -163,7 +170,7 @@ class ExtractiveWriter:
                     question, answer, fmt, qtype = ex.combined(a, b)
                     drafts.append(Draft(question, answer, fmt, qtype, (first, second)))
                 break
-            outcomes.append(drafts or "no two pages with extractable facts")
+            outcomes.append(drafts or NoDrafts("no two pages with extractable facts"))
         return outcomes
 
 
@@ -220,7 +227,7 @@ class ModelWriter:
         outcomes: list[Outcome] = []
         for (_, ref, spec), result in zip(items, results, strict=True):
             if isinstance(result, RequestFailure):
-                outcomes.append(f"generator failed: {result.reason}")
+                outcomes.append(NoDrafts(f"generator failed: {result.reason}"))
                 continue
             parsed = cast(PageQuestions, result.parsed)
             drafts = [
@@ -228,7 +235,7 @@ class ModelWriter:
                 for q in parsed.questions
                 if q.question.strip() and q.answer.strip()
             ]
-            outcomes.append(drafts or "generator wrote no usable question")
+            outcomes.append(drafts or NoDrafts("generator wrote no usable question"))
         return outcomes
 
     async def multi(self, items: Sequence[tuple[str, tuple[PageRef, ...], Spec]]) -> list[Outcome]:
@@ -237,7 +244,7 @@ class ModelWriter:
         outcomes: list[Outcome] = []
         for (_, pages, spec), result in zip(items, results, strict=True):
             if isinstance(result, RequestFailure):
-                outcomes.append(f"generator failed: {result.reason}")
+                outcomes.append(NoDrafts(f"generator failed: {result.reason}"))
                 continue
             drafts = []
             for q in cast(SeedQuestions, result.parsed).questions:
@@ -248,7 +255,7 @@ class ModelWriter:
                         Draft(q.question.strip(), q.answer.strip(), spec.answer_format, spec.type,
                               source)
                     )
-            outcomes.append(drafts or "generator wrote no question needing two seed pages")
+            outcomes.append(drafts or NoDrafts("generator wrote no question needing two seed pages"))
         return outcomes
 
 

@@ -37,8 +37,8 @@ from typing import TypeVar
 import numpy as np
 from pydantic import BaseModel, ValidationError
 
+from docthink.core.embedding import MiniLM
 from docthink.registry.diff import flatten, show
-from docthink.registry.embed import Embedder
 from docthink.runs.registry import Registry, RunRecord
 
 M = TypeVar("M", bound=BaseModel)
@@ -386,27 +386,18 @@ def _store_vectors(registry: Registry, model: str, texts: dict[str, str],
     )
 
 
-def _changed_runs(registry: Registry, after: int) -> tuple[list[str], int]:
-    top = registry.db.execute("SELECT coalesce(max(seq), 0) FROM run_changes").fetchone()[0]
-    ids = [r for (r,) in registry.db.execute(
-        "SELECT run_id FROM run_changes WHERE seq > ? AND seq <= ? GROUP BY run_id ORDER BY min(seq)",
-        (after, top))]
-    return ids, top
-
-
 def _batches(items: Sequence[str], size: int) -> Iterator[Sequence[str]]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def update_index(registry: Registry, embedder: Embedder | None, *,
+def update_index(registry: Registry, embedder: MiniLM | None, *,
                  rescan: bool = False) -> IndexStats:
     """Index what changed since the last update; with `rescan`, also look at every run's data
     files again (a folder rewritten without a new run). Files are read and texts embedded outside
     the write transaction, so runs being recorded meanwhile only wait for the short writes."""
     stats = IndexStats(semantic=embedder is not None)
-    after = int(_state(registry, "indexed_seq") or 0)
-    ids, top = _changed_runs(registry, after)
+    ids, top = registry.changes("indexed_seq")
     ids = list(dict.fromkeys([*ids, *_retry(registry)]))
     if rescan:
         ids = list(dict.fromkeys([*ids, *(r for (r,) in registry.db.execute(
@@ -440,15 +431,14 @@ def update_index(registry: Registry, embedder: Embedder | None, *,
     if embedder is not None and _state(registry, "vectors_missing") == "1":
         stats.embedded += _backfill(registry, embedder)
     with registry.write():
-        _set_state(registry, "indexed_seq", str(top))
-        registry.db.execute("DELETE FROM run_changes WHERE seq <= ?", (top,))
+        registry.advance("indexed_seq", top)
         if stats.docs_added or stats.docs_removed or stats.embedded:
             generation = int(_state(registry, "generation") or 0) + 1
             _set_state(registry, "generation", str(generation))
     return stats
 
 
-def _backfill(registry: Registry, embedder: Embedder) -> int:
+def _backfill(registry: Registry, embedder: MiniLM) -> int:
     """Embed the texts indexed while no embedding model was installed."""
     marks = ", ".join("?" for _ in EMBEDDED_SOURCES)
     rows = registry.db.execute(

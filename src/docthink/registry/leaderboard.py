@@ -16,10 +16,12 @@ import heapq
 import io
 import json
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
-from docthink.registry.lineage import Edge, all_edges
+import orjson
+
+from docthink.registry.lineage import Edge, all_edges, child_edges, parent_edges
 from docthink.runs.registry import Registry
 
 
@@ -91,34 +93,39 @@ class Leaderboard:
             cols += [f"{b} {label}" for label, _ in METRICS]
         return cols + list(RECIPE_NAMES) + ["lineage"]
 
+    def _columns(self, rank: int, row: Row) -> dict[str, object]:
+        """A row's cells before its lineage."""
+        rec: dict[str, object] = {"rank": rank, "checkpoint": row.checkpoint}
+        for b in self.benchmarks:
+            for label, key in METRICS:
+                rec[f"{b} {label}"] = row.value(b, key)
+            rec[f"{b} eval run"] = row.scores[b].run_id if b in row.scores else None
+        return rec | {name: row.recipe.get(name) for name in RECIPE_NAMES}
+
     def records(self) -> list[dict[str, object]]:
-        """One flat dict per row: the CSV and JSON exports."""
-        out = []
-        for rank, row in enumerate(self.rows, start=1):
-            rec: dict[str, object] = {"rank": rank, "checkpoint": row.checkpoint}
-            for b in self.benchmarks:
-                for label, key in METRICS:
-                    rec[f"{b} {label}"] = row.value(b, key)
-                rec[f"{b} eval run"] = row.scores[b].run_id if b in row.scores else None
-            rec |= {name: row.recipe.get(name) for name in RECIPE_NAMES}
-            rec["lineage"] = [f"{kind}:{run_id}" for run_id, kind in row.lineage]
-            out.append(rec)
-        return out
+        """One flat dict per row, its lineage a list of kind:run_id: the JSON export."""
+        return [{**self._columns(rank, row), "lineage": _lineage(row)}
+                for rank, row in enumerate(self.rows, start=1)]
 
     def to_json(self) -> str:
         return json.dumps({"benchmarks": self.benchmarks, "ranked_by": list(self.ranked_by),
                            "rows": self.records()}, indent=2)
 
     def to_csv(self) -> str:
-        records = self.records()
+        """The JSON export's records, the lineage joined by ` -> `."""
+        records = [{**self._columns(rank, row), "lineage": " -> ".join(_lineage(row))}
+                   for rank, row in enumerate(self.rows, start=1)]
         buffer = io.StringIO()
         if not records:
             return ""
         writer = csv.DictWriter(buffer, fieldnames=list(records[0]), lineterminator="\n")
         writer.writeheader()
-        for rec in records:
-            writer.writerow({**rec, "lineage": " -> ".join(rec["lineage"])})  # type: ignore[arg-type]
+        writer.writerows(records)
         return buffer.getvalue()
+
+
+def _lineage(row: Row) -> list[str]:
+    return [f"{kind}:{run_id}" for run_id, kind in row.lineage]
 
 
 def _checkpoint(kind: str | None, model: str | None, path: str | None,
@@ -130,20 +137,186 @@ def _checkpoint(kind: str | None, model: str | None, path: str | None,
     return str(model)
 
 
-def _eval_scores(registry: Registry) -> dict[str, list[tuple[str, Score]]]:
-    """checkpoint -> [(benchmark, score)] for every successful eval run."""
-    out: dict[str, list[tuple[str, Score]]] = {}
-    rows = registry.db.execute(
-        "SELECT id, started_at, json_extract(recipe, '$.model.kind'),"
-        " json_extract(recipe, '$.model.model'), json_extract(recipe, '$.model.path'),"
-        " json_extract(recipe, '$.model.similarity'), metrics"
-        " FROM runs WHERE kind = 'eval' AND status = 'ok'"
-    )
-    for run_id, started, kind, model, path, similarity, metrics in rows:
-        m = json.loads(metrics)
-        score = Score(run_id, started, {key: m.get(key) for _, key in METRICS})
-        out.setdefault(_checkpoint(kind, model, path, similarity), []).append((m["benchmark"], score))
+# -- the materialised table: one row per successful eval run -------------------------------------
+#
+# What a board row needs from the lineage (a walk over every ancestor, their recipes) is computed
+# once per eval run, when the run is recorded or changes (`run_changes`, read with the cursor
+# `board_seq`), and kept in `leaderboard_evals`; a board is then one read of that table. A run
+# that changes also recomputes the evals that descend from it (a parent recorded late). When the
+# columns below change (BOARD_VERSION), or the table was never filled, every row is recomputed.
+
+BOARD_VERSION = "1:" + json.dumps([[c.name, c.sources] for c in RECIPE_COLUMNS] + [METRICS])
+BULK = 2000  # changed runs beyond which every row is recomputed in one pass over all edges
+
+
+@dataclass(frozen=True)
+class EvalRow:
+    """A successful eval run as the board reads it."""
+
+    run_id: str
+    checkpoint: str
+    benchmark: str
+    started_at: str
+    scores: dict[str, float | None]  # metric key -> value
+    lineage: list[tuple[str, str]]  # (run id, kind), dependency order
+    recipe: dict[str, str]  # column name -> value(s), alpha included
+
+
+def _state(registry: Registry, key: str) -> str | None:
+    row = registry.db.execute("SELECT value FROM search_state WHERE key = ?", (key,)).fetchone()
+    return None if row is None else row[0]
+
+
+def update_board(registry: Registry) -> int:
+    """Bring `leaderboard_evals` up to date with the change log; the number of eval runs whose row
+    was recomputed (or dropped)."""
+    after = registry.cursor("board_seq")
+    ids, top = registry.changes("board_seq")
+    fresh = _state(registry, "board_version") != BOARD_VERSION or _state(registry, "board_seq") is None
+    if not ids and not fresh:
+        return 0
+    if fresh or len(ids) > BULK:
+        evals, rows = rows_from_lineage(registry)
+    else:
+        evals = _affected_evals(registry, ids)
+        ok = _ok_evals(registry, evals)
+        rows = _rows(registry, [e for e in evals if e in ok], _parents_of(registry, evals))
+    with registry.write():
+        # another process that updated the table meanwhile read other changes: start again
+        moved = registry.cursor("board_seq") != after
+        if not moved:
+            _store(registry, rows, None if fresh or len(ids) > BULK else evals, top)
+    return update_board(registry) if moved else len(evals)
+
+
+def _store(registry: Registry, rows: list[EvalRow], evals: list[str] | None, top: int) -> None:
+    """Replace the rows of `evals` (None: every row) with `rows`, and move the cursor to `top`;
+    inside `registry.write()`."""
+    db = registry.db
+    if evals is None:
+        db.execute("DELETE FROM leaderboard_evals")
+    else:
+        db.executemany("DELETE FROM leaderboard_evals WHERE run_id = ?", [(e,) for e in evals])
+    db.executemany(
+        "INSERT INTO leaderboard_evals (run_id, checkpoint, benchmark, started_at, scores,"
+        " lineage, recipe) VALUES (?, ?, ?, ?, ?, ?, ?)",
+        [(r.run_id, r.checkpoint, r.benchmark, r.started_at, orjson.dumps(r.scores),
+          orjson.dumps(r.lineage), orjson.dumps(r.recipe)) for r in rows])
+    db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES ('board_version', ?)",
+               (BOARD_VERSION,))
+    registry.advance("board_seq", top)
+
+
+def rows_from_lineage(registry: Registry) -> tuple[list[str], list[EvalRow]]:
+    """Every successful eval's row, from one query over all edges."""
+    parents: dict[str, list[Edge]] = {}
+    for edge in all_edges(registry, distinct=False):
+        parents.setdefault(edge.child, []).append(edge)
+    evals = [r for (r,) in registry.db.execute(
+        "SELECT id FROM runs WHERE kind = 'eval' AND status = 'ok'")]
+    return evals, _rows(registry, evals, parents)
+
+
+def _ok_evals(registry: Registry, ids: Sequence[str]) -> set[str]:
+    out: set[str] = set()
+    for chunk in _chunks(list(ids)):
+        marks = ", ".join("?" for _ in chunk)
+        out |= {r for (r,) in registry.db.execute(
+            f"SELECT id FROM runs WHERE id IN ({marks}) AND kind = 'eval' AND status = 'ok'",
+            chunk)}
     return out
+
+
+def _affected_evals(registry: Registry, changed: Sequence[str]) -> list[str]:
+    """The changed runs that are evals, and the evals descending from any changed run."""
+    kinds = _kinds(registry, list(changed))
+    found = [r for r in changed if r in kinds and kinds[r][0] == "eval"]
+    seen, frontier = set(changed), list(changed)
+    while frontier:
+        children = {e.child for e in child_edges(registry, frontier)} - seen
+        seen |= children
+        frontier = sorted(children)
+        child_kinds = _kinds(registry, frontier)
+        found += [r for r in frontier if r in child_kinds and child_kinds[r][0] == "eval"]
+    return list(dict.fromkeys(found))
+
+
+def _parents_of(registry: Registry, ids: Sequence[str]) -> dict[str, list[Edge]]:
+    """The parent edges of `ids` and of all their ancestors, walked level by level."""
+    parents: dict[str, list[Edge]] = {}
+    seen, frontier = set(ids), list(ids)
+    while frontier:
+        edges = parent_edges(registry, frontier)
+        for edge in edges:
+            parents.setdefault(edge.child, []).append(edge)
+        frontier = sorted({e.parent for e in edges} - seen)
+        seen |= set(frontier)
+    return parents
+
+
+def _rows(registry: Registry, evals: Sequence[str],
+          parents: dict[str, list[Edge]]) -> list[EvalRow]:
+    """The rows of these successful eval runs, given the parent edges of all their ancestors."""
+    heads = {}
+    for chunk in _chunks(list(evals)):
+        marks = ", ".join("?" for _ in chunk)
+        heads |= {r[0]: r for r in registry.db.execute(
+            "SELECT id, started_at, json_extract(recipe, '$.model.kind'),"
+            " json_extract(recipe, '$.model.model'), json_extract(recipe, '$.model.path'),"
+            f" json_extract(recipe, '$.model.similarity'), metrics FROM runs WHERE id IN ({marks})",
+            chunk)}
+    lineages = {e: _ancestors(parents, [e]) for e in evals}
+    ancestor_ids = sorted({r for lineage in lineages.values() for r in lineage})
+    recipes = _recipe_values(registry, ancestor_ids)
+    kinds = _kinds(registry, ancestor_ids)
+    # the evals of one checkpoint share their ancestors: order them and read their recipe once
+    shared: dict[frozenset[str], tuple[list[str], dict[str, str]]] = {}
+    rows = []
+    for run_id in evals:
+        _, started, kind, model, path, similarity, metrics = heads[run_id]
+        m = orjson.loads(metrics)
+        checkpoint = _checkpoint(kind, model, path, similarity)
+        key = frozenset(lineages[run_id])
+        if key not in shared:
+            ordered = _dependency_order(lineages[run_id], parents,
+                                        {r: kinds[r][1] for r in key if r in kinds})
+            shared[key] = ordered, _recipe([recipes[r] for r in ordered if r in recipes])
+        ordered, recipe = shared[key]
+        rows.append(EvalRow(run_id, checkpoint, m["benchmark"], started,
+                            {key: m.get(key) for _, key in METRICS},
+                            [(r, kinds[r][0] if r in kinds else "?") for r in ordered],
+                            _with_alpha(recipe, ordered, recipes, checkpoint)))
+    return rows
+
+
+def _with_alpha(recipe: dict[str, str], ordered: list[str],
+                recipes: dict[str, dict[str, object]], checkpoint: str) -> dict[str, str]:
+    """The recipe columns with the checkpoint's merge strength (from the merges in its lineage)."""
+    alphas = [_alpha(recipes[r], checkpoint) for r in ordered
+              if r in recipes and recipes[r]["_kind"] == "merge"]
+    if not alphas:
+        return recipe
+    return {**recipe, ALPHA: " | ".join(dict.fromkeys(a for a in alphas if a is not None))}
+
+
+def _union(registry: Registry, evals: list[EvalRow]) -> tuple[list[tuple[str, str]],
+                                                                 dict[str, str]]:
+    """The lineage and recipe of a checkpoint whose evals descend from different runs: all their
+    ancestors, in dependency order, and the recipe read from them."""
+    ids = [r.run_id for r in evals]
+    parents = _parents_of(registry, ids)
+    union = _ancestors(parents, ids)
+    kinds = _kinds(registry, union)
+    ordered = _dependency_order(union, parents, {r: kinds[r][1] for r in union if r in kinds})
+    recipes = _recipe_values(registry, ordered)
+    recipe = _recipe([recipes[r] for r in ordered if r in recipes])
+    return ([(r, kinds[r][0] if r in kinds else "?") for r in ordered],
+            _with_alpha(recipe, ordered, recipes, evals[0].checkpoint))
+
+
+def _chunks(items: list[str], size: int = 500) -> Iterator[list[str]]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
 
 
 def _ancestors(parents: dict[str, list[Edge]], roots: Sequence[str]) -> list[str]:
@@ -195,33 +368,32 @@ def _dependency_order(ids: list[str], parents: dict[str, list[Edge]],
     return order
 
 
-def _recipe_values(registry: Registry, ids: set[str]) -> dict[str, dict[str, object]]:
+def _recipe_values(registry: Registry, ids: list[str]) -> dict[str, dict[str, object]]:
     """run id -> {column name: value} for the recipe columns, read in SQL (no JSON parsing of
     whole recipes in Python), plus the merge fields that give a checkpoint's alpha."""
-    values: dict[str, dict[str, object]] = {}
     by_kind: dict[str, list[tuple[str, str]]] = {}
     for column in RECIPE_COLUMNS:
         for kind, path in column.sources:
             by_kind.setdefault(kind, []).append((column.name, path))
     by_kind.setdefault("merge", []).extend([("_alphas", "$.alphas"), ("_outs", "$.outs")])
+    values: dict[str, dict[str, object]] = {}
     for kind, fields in by_kind.items():
         select = ", ".join(f"json_extract(recipe, '{path}')" for _, path in fields)
-        for run_id, *vals in registry.db.execute(f"SELECT id, {select} FROM runs WHERE kind = ?",
-                                                 (kind,)):
-            if run_id not in ids:
-                continue
-            mine = values.setdefault(run_id, {"_kind": kind})
-            for (name, _), value in zip(fields, vals, strict=True):
-                if value is not None and name not in mine:
-                    mine[name] = value
+        for chunk in _chunks(ids):
+            marks = ", ".join("?" for _ in chunk)
+            for run_id, *vals in registry.db.execute(
+                    f"SELECT id, {select} FROM runs WHERE kind = ? AND id IN ({marks})",
+                    [kind, *chunk]):
+                mine = values.setdefault(run_id, {"_kind": kind})
+                for (name, _), value in zip(fields, vals, strict=True):
+                    if value is not None and name not in mine:
+                        mine[name] = value
     return values
 
 
 def _alpha(merge: dict[str, object], checkpoint: str) -> str | None:
     """The merge strength whose output folder is the checkpoint (outs may be relative)."""
-    if "_parsed" not in merge:
-        merge["_parsed"] = (json.loads(str(merge["_alphas"])), json.loads(str(merge["_outs"])))
-    alphas, outs = merge["_parsed"]  # type: ignore[misc]
+    alphas, outs = json.loads(str(merge["_alphas"])), json.loads(str(merge["_outs"]))
     for alpha, out in zip(alphas, outs, strict=True):
         if checkpoint == out or checkpoint.endswith("/" + str(out).removeprefix("./")):
             return f"{alpha:g}"
@@ -230,48 +402,6 @@ def _alpha(merge: dict[str, object], checkpoint: str) -> str | None:
 
 def _fmt(value: object) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
-                      metric: str | None = None) -> Leaderboard:
-    """Every checkpoint with a successful eval, ranked by `metric` (acc, acc_cot, ...) on
-    `benchmark` (default: the most evaluated benchmark; acc_cot when any row has it, else acc);
-    rows without that score come last."""
-    evals = _eval_scores(registry)
-    parents: dict[str, list[Edge]] = {}
-    for edge in all_edges(registry, distinct=False):
-        parents.setdefault(edge.child, []).append(edge)
-    rows: list[Row] = []
-    lineages: dict[str, list[str]] = {}
-    for checkpoint, scored in evals.items():
-        row = Row(checkpoint, evals=len(scored))
-        for bench, score in sorted(scored, key=lambda s: s[1].started_at):
-            row.scores[bench] = score  # the latest wins
-        lineages[checkpoint] = _ancestors(parents, [s.run_id for _, s in scored])
-        rows.append(row)
-    ancestor_ids = {run_id for lineage in lineages.values() for run_id in lineage}
-    recipes = _recipe_values(registry, ancestor_ids)
-    kinds = _kinds(registry, sorted(ancestor_ids))
-    # the checkpoints of one merge share their ancestors: order them and read their recipe once
-    shared: dict[frozenset[str], tuple[list[str], dict[str, str]]] = {}
-    for row in rows:
-        key = frozenset(lineages[row.checkpoint])
-        if key not in shared:
-            ordered = _dependency_order(lineages[row.checkpoint], parents,
-                                        {r: kinds[r][1] for r in key if r in kinds})
-            shared[key] = ordered, _recipe([recipes[r] for r in ordered if r in recipes])
-        ordered, recipe = shared[key]
-        row.lineage = [(r, kinds[r][0] if r in kinds else "?") for r in ordered]
-        row.recipe = dict(recipe)
-        alphas = [_alpha(recipes[r], row.checkpoint) for r in ordered
-                  if r in recipes and recipes[r]["_kind"] == "merge"]
-        if alphas:
-            row.recipe[ALPHA] = " | ".join(dict.fromkeys(a for a in alphas if a is not None))
-    counts = Counter(b for row in rows for b in row.scores)
-    benchmarks = [b for b, _ in counts.most_common()]
-    ranked_by = _ranking(rows, benchmarks, benchmark, metric)
-    rows.sort(key=lambda r: _sort_key(r, *ranked_by))
-    return Leaderboard(benchmarks, rows, ranked_by)
 
 
 def _recipe(ancestors: list[dict[str, object]]) -> dict[str, str]:
@@ -294,12 +424,84 @@ def _recipe(ancestors: list[dict[str, object]]) -> dict[str, str]:
 def _kinds(registry: Registry, ids: list[str]) -> dict[str, tuple[str, str]]:
     """run id -> (kind, started_at), for the runs in this registry."""
     out = {}
-    for start in range(0, len(ids), 500):
-        chunk = ids[start:start + 500]
+    for chunk in _chunks(ids):
         marks = ", ".join("?" for _ in chunk)
         out |= {r: (k, t) for r, k, t in registry.db.execute(
             f"SELECT id, kind, started_at FROM runs WHERE id IN ({marks})", chunk)}
     return out
+
+
+# -- the board ------------------------------------------------------------------------------------
+
+
+def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
+                      metric: str | None = None) -> Leaderboard:
+    """Every checkpoint with a successful eval, ranked by `metric` (acc, acc_cot, ...) on
+    `benchmark` (default: the most evaluated benchmark; acc_cot when any row has it, else acc);
+    rows without that score come last. Reads `leaderboard_evals`, brought up to date first."""
+    update_board(registry)
+    rows = []
+    # per checkpoint, its evals' lineage and recipe once (the evals of a checkpoint share their
+    # ancestors; when they do not, `_union` reads them all), then the latest score per benchmark
+    shared = {c: (n, orjson.loads(lineage), orjson.loads(recipe), kinds)
+              for c, n, kinds, lineage, recipe in registry.db.execute(
+                  "SELECT checkpoint, count(*), count(DISTINCT lineage), min(lineage), min(recipe)"
+                  " FROM leaderboard_evals GROUP BY checkpoint")}
+    scores: dict[str, dict[str, Score]] = {}
+    for checkpoint, bench, run_id, started, values in registry.db.execute(
+            "SELECT checkpoint, benchmark, run_id, max(started_at), scores FROM leaderboard_evals"
+            " GROUP BY checkpoint, benchmark"):  # SQLite: the other columns from the max row
+        scores.setdefault(checkpoint, {})[bench] = Score(run_id, started, orjson.loads(values))
+    for checkpoint, (n, lineage, recipe, lineages) in shared.items():
+        if lineages == 1:
+            row = Row(checkpoint, scores[checkpoint], recipe, [tuple(x) for x in lineage], n)
+        else:
+            row = Row(checkpoint, scores[checkpoint], evals=n)
+            row.lineage, row.recipe = _union(registry, stored_rows(registry, checkpoint))
+        rows.append(row)
+    return _ranked(rows, benchmark, metric)
+
+
+def board_from_rows(registry: Registry, rows: Sequence[EvalRow], benchmark: str | None,
+                    metric: str | None) -> Leaderboard:
+    """The board from eval rows: per checkpoint the latest score on each benchmark, and the
+    lineage and recipe its evals share (evals of one checkpoint with different ancestors: their
+    union, ordered and read again)."""
+    by_checkpoint: dict[str, list[EvalRow]] = {}
+    for r in rows:
+        by_checkpoint.setdefault(r.checkpoint, []).append(r)
+    board_rows = []
+    for evals in by_checkpoint.values():
+        checkpoint = evals[0].checkpoint
+        row = Row(checkpoint, evals=len(evals))
+        for r in sorted(evals, key=lambda r: r.started_at):
+            row.scores[r.benchmark] = Score(r.run_id, r.started_at, r.scores)  # the latest wins
+        first = evals[0]
+        if all(r.lineage == first.lineage for r in evals[1:]):
+            row.lineage, row.recipe = first.lineage, first.recipe
+        else:
+            row.lineage, row.recipe = _union(registry, evals)
+        board_rows.append(row)
+    return _ranked(board_rows, benchmark, metric)
+
+
+def _ranked(rows: list[Row], benchmark: str | None, metric: str | None) -> Leaderboard:
+    counts = Counter(b for row in rows for b in row.scores)
+    benchmarks = sorted(counts, key=lambda b: (-counts[b], b))  # ties by name, not by row order
+    ranked_by = _ranking(rows, benchmarks, benchmark, metric)
+    rows.sort(key=lambda r: _sort_key(r, *ranked_by))
+    return Leaderboard(benchmarks, rows, ranked_by)
+
+
+def stored_rows(registry: Registry, checkpoint: str | None = None) -> list[EvalRow]:
+    """The table's rows (of one checkpoint, or all)."""
+    sql = ("SELECT run_id, checkpoint, benchmark, started_at, scores, lineage, recipe"
+           " FROM leaderboard_evals")
+    rows = (registry.db.execute(sql) if checkpoint is None
+            else registry.db.execute(sql + " WHERE checkpoint = ?", (checkpoint,)))
+    return [EvalRow(run_id, checkpoint, benchmark, started, orjson.loads(scores),
+                    [tuple(x) for x in orjson.loads(lineage)], orjson.loads(recipe))
+            for run_id, checkpoint, benchmark, started, scores, lineage, recipe in rows]
 
 
 def _ranking(rows: list[Row], benchmarks: list[str], benchmark: str | None,

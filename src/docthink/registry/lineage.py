@@ -3,8 +3,8 @@
 
 An edge says how it is known:
 - `recorded`: the command named the parent (the run marker of an input folder);
-- `sha256`: an input of the child has the sha256 of an output the parent wrote earlier (empty files
-  are ignored: every empty file has the same hash);
+- `digest`: an input of the child has the digest of an output the parent wrote earlier, by the same
+  algorithm (empty files are ignored: every empty file has the same hash);
 - `model path`: an eval's model name is the path of a checkpoint folder a run wrote (as when a
   server is started with the checkpoint's path as the model name).
 """
@@ -16,14 +16,15 @@ from dataclasses import dataclass, field
 
 from docthink.runs.registry import Registry
 
-EDGE_ORDER = ("recorded", "sha256", "model path")
+EDGE_ORDER = ("recorded", "digest", "model path")
 
 _EDGES = """
 SELECT run_id, parent_id, 'recorded' FROM run_parents WHERE {recorded}
 UNION ALL
-SELECT i.run_id, o.run_id, 'sha256'
+SELECT i.run_id, o.run_id, 'digest'
 FROM artifacts i
-JOIN artifacts o ON o.sha256 = i.sha256 AND o.role = 'output' AND o.run_id != i.run_id
+JOIN artifacts o ON o.digest = i.digest AND o.algorithm = i.algorithm AND o.role = 'output'
+    AND o.run_id != i.run_id
 JOIN runs child ON child.id = i.run_id
 JOIN runs parent ON parent.id = o.run_id
 WHERE i.role = 'input' AND i.size > 0 AND parent.started_at <= child.started_at AND {sha}

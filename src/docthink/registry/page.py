@@ -4,6 +4,7 @@ registry is HTML-escaped, so a recipe or note holding markup shows as text."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
@@ -80,10 +81,15 @@ def _tokens(value: float | None) -> str:
     return "" if value is None else f"{value:.0f}"
 
 
+# Recipe values repeat from row to row (base models, learning rates): escaped once each.
+_escape_cached = functools.lru_cache(maxsize=1 << 16)(escape)
+
+
 def _num_cell(value: float | None, text: str, href: str | None = None) -> str:
+    """A number's cell; `text` is the number formatted here (digits and '.'), `href` is escaped."""
     data = "" if value is None else repr(value)
-    shown = escape(text) if href is None else f'<a href="{escape(href)}">{escape(text)}</a>'
-    return f'<td class="num" data-value="{escape(data)}">{shown}</td>'
+    shown = text if href is None else f'<a href="{escape(href)}">{text}</a>'
+    return f'<td class="num" data-value="{data}">{shown}</td>'
 
 
 def header_cells(board: Leaderboard) -> str:
@@ -107,7 +113,9 @@ def row_cells(board: Leaderboard, rank: int, row: Row, lineage_href: str,
             href = (run_href(row.scores[b].run_id)
                     if value is not None and run_href is not None else None)
             cells.append(_num_cell(value, text, href))
-    cells += [f"<td>{escape(row.recipe.get(name, ''))}</td>" for name in RECIPE_NAMES]
+    recipe = row.recipe
+    cells += [f"<td>{_escape_cached(recipe[name])}</td>" if name in recipe else "<td></td>"
+              for name in RECIPE_NAMES]
     cells.append(f'<td class="num" data-value="{len(row.lineage)}">'
                  f'<a href="{escape(lineage_href)}">{len(row.lineage)} runs</a></td>')
     return "".join(cells)

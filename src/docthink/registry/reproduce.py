@@ -32,7 +32,7 @@ import yaml
 
 from docthink.core.errors import UserError
 from docthink.runs.registry import Artifact, Registry, RunFilter, RunRecord
-from docthink.runs.run import code_version, tree_digest
+from docthink.runs.run import artifact_digest, code_version
 
 # Recipe fields that hold paths: where the original working directory can be read back from.
 PATH_FIELDS = ("out", "outs", "run_dir", "corpus", "questions", "data", "documents", "pdf_dir",
@@ -303,9 +303,10 @@ def _compare(steps: Plan, new: RunRecord) -> list[Comparison]:
             comparisons.append(Comparison(recorded, "", None, "missing"))
             continue
         now = written.get(path)
-        if now is None and Path(path).exists():
-            sha, size = tree_digest(Path(path))
-            now = Artifact("output", path, sha, size)
-        status = "missing" if now is None else "same" if now.sha256 == recorded.sha256 else "different"
+        # a record older than blake3 is compared with the output hashed as it was (sha256)
+        if (now is None or now.algorithm != recorded.algorithm) and Path(path).exists():
+            digest, size = artifact_digest(Path(path), recorded.algorithm)
+            now = Artifact("output", path, digest, size, recorded.algorithm)
+        status = "missing" if now is None else "same" if now.digest == recorded.digest else "different"
         comparisons.append(Comparison(recorded, path, now, status))
     return comparisons

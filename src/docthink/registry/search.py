@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from docthink.registry.embed import Embedder
+from docthink.core.embedding import MiniLM
 from docthink.registry.index import EMBEDDED_SOURCES
 from docthink.runs.registry import Registry
 
@@ -114,7 +114,7 @@ class Searcher:
     """Holds the embedding model and matrix between queries (the web server keeps one matrix
     across requests)."""
 
-    def __init__(self, registry: Registry, embedder: Embedder | None,
+    def __init__(self, registry: Registry, embedder: MiniLM | None,
                  vectors: VectorCache | None = None) -> None:
         self.registry = registry
         self.embedder = embedder

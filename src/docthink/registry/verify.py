@@ -10,7 +10,7 @@ from pathlib import Path
 
 from docthink.registry.index import Skipped, data_files, try_read
 from docthink.runs.registry import Artifact, RunRecord
-from docthink.runs.run import tree_digest
+from docthink.runs.run import artifact_digest
 
 
 @dataclass(frozen=True)
@@ -18,33 +18,37 @@ class Check:
     run_id: str
     artifact: Artifact
     status: str  # ok | changed | missing | unreadable
-    sha256: str | None  # what the path hashes to now (None when missing or unreadable)
+    digest: str | None  # what the path hashes to now, with the recorded algorithm (None when
+    # missing or unreadable)
     size: int | None
     reason: str | None = None  # why it is unreadable
 
 
-def _now(path: Path) -> tuple[str, str | None, int | None, str | None]:
-    """(state, sha256, size, reason): hashed, missing, or unreadable and why."""
+def _now(path: Path, algorithm: str) -> tuple[str, str | None, int | None, str | None]:
+    """(state, digest, size, reason): hashed, missing, or unreadable and why."""
     if not path.exists():
         return "missing", None, None, None
     try:
-        sha, size = tree_digest(path)
+        sha, size = artifact_digest(path, algorithm)
     except OSError as exc:  # no permission, on the file or a file inside the folder
         return "unreadable", None, None, f"{exc.strerror}: {exc.filename}"
     return "hashed", sha, size, None
 
 
 def verify(records: Iterable[RunRecord]) -> list[Check]:
-    """One check per recorded artifact; a path recorded by several runs is hashed once."""
-    now: dict[str, tuple[str, str | None, int | None, str | None]] = {}
+    """One check per recorded artifact, hashed with the algorithm it was recorded with (sha256
+    for records older than blake3); a path recorded by several runs is hashed once per
+    algorithm."""
+    now: dict[tuple[str, str], tuple[str, str | None, int | None, str | None]] = {}
     checks = []
     for record in records:
         for artifact in record.artifacts:
-            if artifact.path not in now:
-                now[artifact.path] = _now(Path(artifact.path))
-            state, sha, size, reason = now[artifact.path]
+            key = (artifact.path, artifact.algorithm)
+            if key not in now:
+                now[key] = _now(Path(artifact.path), artifact.algorithm)
+            state, sha, size, reason = now[key]
             if state == "hashed":
-                state = "ok" if sha == artifact.sha256 else "changed"
+                state = "ok" if sha == artifact.digest else "changed"
             checks.append(Check(record.id, artifact, state, sha, size, reason))
     return checks
 

@@ -6,7 +6,6 @@ files it skipped; a run page marks its artifacts that are gone and the files sea
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -17,8 +16,8 @@ from fastapi.responses import HTMLResponse
 from jinja2 import Environment, PackageLoader, select_autoescape
 from markupsafe import Markup, escape
 
+from docthink.core.embedding import MiniLM
 from docthink.registry.diff import flatten, show
-from docthink.registry.embed import MISSING, Embedder, embedding_available
 from docthink.registry.index import look, skipped_files, skipped_line, update_index
 from docthink.registry.leaderboard import EMPTY, build_leaderboard
 from docthink.registry.lineage import ancestors, descendants
@@ -27,6 +26,7 @@ from docthink.registry.search import MARK_END, MARK_START, Searcher, VectorCache
 from docthink.runs.registry import Registry, RunFilter
 
 SOURCES = ("run", "note", "question", "trace", "answer", "prediction")
+FULL_TEXT_ONLY = "full-text (BM25) search only: the server was started with --no-semantic"
 
 
 def run_href(run_id: str) -> str:
@@ -38,20 +38,14 @@ def _snippet(text: str) -> Markup:
     return Markup(str(escape(text)).replace(MARK_START, "<mark>").replace(MARK_END, "</mark>"))
 
 
-def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
+def create_app(registry_path: Path, encoder: MiniLM | None) -> FastAPI:
+    """The app over `registry_path`; search is semantic with `encoder` (loaded by the caller, at
+    start-up), full-text only without."""
     env = Environment(loader=PackageLoader("docthink.registry", "templates"),
                       autoescape=select_autoescape(["html"]))
     env.globals.update(style=Markup(STYLE), table_js=Markup(TABLE_JS), run_href=run_href)
     app = FastAPI(title="docthink registry", docs_url=None, redoc_url=None, openapi_url=None)
     vectors = VectorCache()
-    embedder_lock = threading.Lock()
-    embedder: list[Embedder | None] = []
-
-    def get_embedder() -> Embedder | None:
-        with embedder_lock:
-            if not embedder:
-                embedder.append(Embedder() if semantic and embedding_available() else None)
-            return embedder[0]
 
     @contextmanager
     def open_registry() -> Iterator[Registry]:
@@ -108,16 +102,15 @@ def create_app(registry_path: Path, *, semantic: bool = True) -> FastAPI:
                     limit: int = Query(20, ge=1, le=200)) -> HTMLResponse:
         hits = []
         skipped = None
-        model = get_embedder() if q else None
         if q:
             with open_registry() as registry:
-                update_index(registry, model)
+                update_index(registry, encoder)
                 files = skipped_files(registry)
-                searcher = Searcher(registry, model, vectors=vectors)
+                searcher = Searcher(registry, encoder, vectors=vectors)
                 result = searcher.search(q, limit=limit, sources=[source] if source else None)
             hits = [(h, _snippet(h.snippet)) for h in result.hits]
             skipped = skipped_line(files) if files else None
-        notice = MISSING if q and semantic and not embedding_available() else None
+        notice = FULL_TEXT_ONLY if q and encoder is None else None
         return render("search.html", q=q, hits=hits, source=source, sources=SOURCES,
                       notice=notice, skipped=skipped)
 

@@ -4,13 +4,12 @@ from docthink.runs.registry import Artifact, Registry, RunRecord, default_regist
 from docthink.runs.run import (
     RUN_MARKER,
     Run,
-    file_sha256,
+    artifact_digest,
     mark_output,
     parent_runs,
     recipe_hash,
     recipe_json,
     start_run,
-    tree_digest,
 )
 
 __all__ = [
@@ -19,12 +18,11 @@ __all__ = [
     "Registry",
     "Run",
     "RunRecord",
+    "artifact_digest",
     "default_registry_path",
-    "file_sha256",
     "mark_output",
     "parent_runs",
     "recipe_hash",
     "recipe_json",
     "start_run",
-    "tree_digest",
 ]

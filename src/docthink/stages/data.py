@@ -198,7 +198,7 @@ def _export(recipe: ExportRecipe, run: Run) -> Outcome:
     examples = read_examples(recipe.run_dir)
     synth = load_recipe(SynthRecipe, recipe.run_dir / "recipe.yaml", {})
     images = Corpus.open(synth.corpus).layout.images
-    counts = write_export(examples, recipe.format, lambda key: sharded(images, key[0], key[1]),
+    counts = write_export(examples, recipe.format, lambda key: sharded(images, key.sha256, key.suffix),
                           recipe.out)
     written = recipe.out / ("train.parquet" if recipe.format == "trl" else "train.jsonl")
     line = (f"export {recipe.out}: {counts['examples']} examples, {counts['images']} images "

@@ -5,53 +5,56 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from docthink.evals.recipe import EvalRecipe, RescoreRecipe
 from docthink.runs import Run
 from docthink.stages.base import Outcome, Stage, Written
 
+if TYPE_CHECKING:
+    from docthink.evals.report import Report
 
-def scoring_lines(report: dict[str, object]) -> list[str]:
+
+def scoring_lines(report: Report) -> list[str]:
     """Who scored (a judge: its model and prompt) and, beside V1's rules, what differs."""
+    from docthink.evals.judge import JudgeScoring
     from docthink.stages.data import tally
 
     lines = []
-    scoring: dict[str, object] = report["scoring"]  # type: ignore[assignment]
-    if scoring["metric"] == "judge":
-        lines.append(f"  {report['benchmark']} scored by judge {scoring['judge']} (prompt "
-                     f"{scoring['prompt']} sha256 {str(scoring['prompt_sha256'])[:16]}); "
-                     f"{report['note']}")
-    comparison: dict[str, Any] | None = report["comparison"]  # type: ignore[assignment]
+    if isinstance(report.scoring, JudgeScoring):
+        judge = report.scoring.judge
+        lines.append(f"  {report.benchmark} scored by judge {judge.model} (prompt "
+                     f"{judge.prompt} sha256 {judge.prompt_sha256[:16]}); {report.note}")
+    comparison = report.comparison
     if comparison is not None:
-        causes = tally(comparison["differ_by_cause"])
-        lines.append(f"  beside V1's rules: {comparison['compared']} compared, "
-                     f"{len(comparison['differ'])} verdicts differ"
+        causes = tally(comparison.differ_by_cause)
+        lines.append(f"  beside V1's rules: {comparison.compared} compared, "
+                     f"{len(comparison.differ)} verdicts differ"
                      + (f" ({causes})" if causes else "")
-                     + f", {len(comparison['v1_unscoreable'])} rows V1's rules cannot score")
+                     + f", {len(comparison.v1_unscoreable)} rows V1's rules cannot score")
     return lines
 
 
 def _eval(recipe: EvalRecipe, run: Run) -> Outcome:
-    from docthink.evals.report import questions_summary, run_metrics
+    from docthink.evals.report import run_metrics
     from docthink.evals.runner import evaluate
 
     result = evaluate(recipe, show_progress=True)
     report = result.report
-    questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
-    lines = [f"eval {recipe.out}: {questions_summary(questions)}", *scoring_lines(report)]
-    for mode, m in report["modes"].items():  # type: ignore[union-attr]
-        tokens = "-" if m["mean_output_tokens"] is None else f"{m['mean_output_tokens']:.1f}"
-        lines.append(f"  {mode}: acc {m['acc']:.4f} f1 {m['f1']:.4f} ({m['n']} questions, "
-                     f"{m['failures']} failed, mean output tokens {tokens})")
+    lines = [f"eval {recipe.out}: {report.questions.describe()}", *scoring_lines(report)]
+    for mode, m in report.modes.items():
+        tokens = "-" if m.mean_output_tokens is None else f"{m.mean_output_tokens:.1f}"
+        lines.append(f"  {mode}: acc {m.acc:.4f} f1 {m.f1:.4f} ({m.n} questions, "
+                     f"{m.failures} failed, mean output tokens {tokens})")
     lines.append(f"  report {result.report_files[0]}; predictions {result.predictions}")
     corpus = recipe.corpus or recipe.out / "corpus"
     return Outcome(
         lines,
         [Written(result.predictions), *(Written(path) for path in result.report_files)],
         run_metrics(report),
-        {"questions": questions, "usage": result.usage, "extraction": report["extraction"],
-         "scoring": report["scoring"]},
+        {"questions": report.questions.to_json(), "usage": result.usage,
+         "extraction": None if report.extraction is None else report.extraction.to_json(),
+         "scoring": report.scoring.to_json()},
         marks=[recipe.out],
         # the labels beside a V2 data file, and the sha256 of every PDF that was read
         inputs=[*(Written(path) for path in result.data_files[1:]),
@@ -77,16 +80,17 @@ EVAL = Stage("eval", ("eval", "run"), EvalRecipe, _eval, inputs=lambda r: [r.dat
 
 
 def _rescore(recipe: RescoreRecipe, run: Run) -> Outcome:
-    from docthink.evals.report import questions_summary, run_metrics
+    from docthink.evals.report import run_metrics
     from docthink.evals.runner import rescore
 
     report = rescore(recipe, show_progress=True)
-    questions: dict[str, object] = report["questions"]  # type: ignore[assignment]
-    summary = {"questions": questions, "scoring": report["scoring"]}
+    summary: dict[str, object] = {"questions": report.questions.to_json(),
+                                  "scoring": report.scoring.to_json()}
     if recipe.out is None:
-        return Outcome([], [], run_metrics(report), summary, stdout=json.dumps(report, indent=2))
-    lines = [f"rescore {recipe.out}: acc {report['acc']:.4f} f1 {report['f1']:.4f} "
-             f"({questions_summary(questions)})", *scoring_lines(report)]
+        return Outcome([], [], run_metrics(report), summary,
+                       stdout=json.dumps(report.to_json(), indent=2))
+    lines = [(f"rescore {recipe.out}: acc {report.primary.acc:.4f} f1 {report.primary.f1:.4f} "
+             f"({report.questions.describe()})"), *scoring_lines(report)]
     return Outcome(lines, [Written(recipe.out)], run_metrics(report), summary)
 
 

@@ -41,7 +41,9 @@ def _merge(recipe: MergeRecipe, run: Run) -> Outcome:
     report = merge_checkpoints(
         recipe.base, recipe.tuned, recipe.alphas, recipe.outs, shard_size=recipe.shard_size,
         chunk_bytes=recipe.chunk_bytes, progress=True, overwrite=recipe.overwrite,
+        known_digest=run.known_digest,  # inputs the registry has hashed before are not read again
     )
+    run.remember(report.reusable)
     lines = [f"{report.n_tensors} tensors in {report.seconds:.1f} s"]
     lines += [f"merged alpha={o.alpha:g} -> {o.path}" for o in report.outputs]
     lines += [f"  vocabulary grew: {growth}" for growth in report.vocab_growth]

@@ -13,6 +13,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import cast
 
+from pydantic import ValidationError
+
 from docthink.core.errors import UserError
 from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
@@ -87,10 +89,6 @@ class SynthResult:
             "verify_dropped": sum(v.action == "dropped" for v in self.verdicts),
             "verification": self.verification(),
         }
-
-
-def _image_key(image: ImagePart) -> ImageKey:
-    return (image.sha256, image.path.suffix)
 
 
 def evidence_order(questions: Sequence[Question]) -> list[tuple[Question, PageRef]]:
@@ -244,7 +242,7 @@ def plain_examples(
     images = dict(zip(refs, corpus.ensure_images(refs, recipe.image, recipe.workers), strict=True))
     return [
         plain_example(
-            f"plain:{q.qid}", [_image_key(images[r]) for r in q.context], q.text, q.answer or "",
+            f"plain:{q.qid}", [ImageKey.of(images[r]) for r in q.context], q.text, q.answer or "",
             page_index=settings.page_index,
         )
         for q in sorted(chosen, key=lambda q: q.qid)
@@ -313,7 +311,7 @@ async def synthesize(
         result.examples.append(
             trace_example(
                 question.qid,
-                [_image_key(images[r]) for r in question.context],
+                [ImageKey.of(images[r]) for r in question.context],
                 question.text,
                 trace.text,
                 answer.text,
@@ -347,8 +345,8 @@ def write_tables(result: SynthResult, out: Path) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    def table(rows: Sequence[object]) -> pa.Table:
-        return pa.Table.from_pylist([_flat(asdict(r)) for r in rows])  # type: ignore[call-overload]
+    def table(rows: Sequence[PageEvidence | Trace | Answer]) -> pa.Table:
+        return pa.Table.from_pylist([_flat(asdict(r)) for r in rows])
 
     out.mkdir(parents=True, exist_ok=True)
     pq.write_table(table(result.evidence), out / "evidence.parquet")
@@ -389,5 +387,15 @@ def examples_file(out: Path) -> Path:
 
 
 def read_examples(out: Path) -> list[SFTExample]:
-    with examples_file(out).open(encoding="utf-8") as f:
-        return [SFTExample.from_json(json.loads(line)) for line in f]
+    path = examples_file(out)
+    examples = []
+    with path.open(encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                examples.append(SFTExample.from_json(line))
+            except ValidationError as exc:
+                # the deepest error: a part that is neither text nor an image names the image's field
+                err = max(exc.errors(), key=lambda e: len(e["loc"]))
+                where = ".".join(str(x) for x in err["loc"]) or "line"
+                raise UserError(f"{path}: line {number}: {where}: {err['msg']}") from None
+    return examples

@@ -8,9 +8,9 @@ from typing import Literal, get_args
 
 from pydantic import Field, FilePath, field_validator, model_validator
 
+from docthink.core.vocab import Placement
 from docthink.corpus.policy import RenderPolicy
 from docthink.models.specs import ModelSpec, ServedModelSpec, TeacherSpec
-from docthink.core.vocab import Placement
 from docthink.recipe import Recipe, in_order
 
 

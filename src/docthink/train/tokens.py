@@ -42,15 +42,15 @@ def add_control_tokens(model: Any, processor: Any) -> TokenSetup:
     missing = [t for t in CONTROL_TOKENS if _single_id(tokenizer, t) is None]
     if missing:
         tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in missing])
-    ids = {t: _single_id(tokenizer, t) for t in CONTROL_TOKENS}
-    split = [t for t, i in ids.items() if i is None]
+    ids = {t: i for t in CONTROL_TOKENS if (i := _single_id(tokenizer, t)) is not None}
+    split = [t for t in CONTROL_TOKENS if t not in ids]
     if split:
         raise TemplateError(f"the tokenizer still splits {split} after adding them")
     rows_before = model.get_input_embeddings().weight.shape[0]
     if len(tokenizer) > rows_before:
         model.resize_token_embeddings(len(tokenizer), mean_resizing=True)
     rows_after = model.get_input_embeddings().weight.shape[0]
-    return TokenSetup(tuple(missing), ids, rows_before, rows_after)  # type: ignore[arg-type]
+    return TokenSetup(tuple(missing), ids, rows_before, rows_after)
 
 
 def _render(processor: Any, messages: list[dict[str, Any]], **kwargs: Any) -> str:
