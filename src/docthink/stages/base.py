@@ -18,10 +18,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from docthink.recipe import Recipe
 from docthink.runs import Run, mark_output, parent_runs, start_run
+
+if TYPE_CHECKING:
+    from docthink.plan.bill import Plan, PlanOptions
 
 R = TypeVar("R", bound=Recipe)
 
@@ -66,6 +69,8 @@ class Stage(Generic[R]):
     recipe_option: bool = True
     # refuses a recipe that cannot run (a UserError) before any run is recorded
     check: Callable[[R], None] = _fine
+    # what a run would send and cost, without running it (`docthink plan`); None: no plan
+    plan: Callable[[R, PlanOptions], Plan] | None = None
 
     def argv(self, recipe_file: Path) -> list[str]:
         """The arguments after `docthink` that run this stage from a recipe file alone."""

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from docthink.corpus.recipe import IngestRecipe
 from docthink.export import ExportRecipe
+from docthink.plan.bill import Plan, PlanOptions, read_plan
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.recipe import commented_yaml
 from docthink.runs import Run, recipe_hash
@@ -19,6 +20,7 @@ from docthink.synth.recipe import SynthRecipe
 
 if TYPE_CHECKING:
     from docthink.corpus.corpus import Corpus
+    from docthink.models.base import UsageMeter
     from docthink.models.cache import RequestCache
     from docthink.synth.pipeline import SynthResult
 
@@ -130,9 +132,12 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
 
     _write_recipe(recipe)
     with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
+        result, meters = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
+    usage = {name: m.as_dict() for name, m in meters.items()}
     write_tables(result, recipe.out)
-    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=usage)
+    plan = recipe.out / "plan.json"
+    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=meters,
+                      plan=read_plan(plan) if plan.exists() else None)
     counts = result.counts()
     stages = Counter(d.stage for d in result.dropped)
     dropped = f"{len(result.dropped)} dropped" + (
@@ -149,7 +154,8 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
 
 
 async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
-                      log: logging.Logger) -> tuple[SynthResult, dict[str, dict[str, object]]]:
+                      log: logging.Logger, only: frozenset[str] | None = None,
+                      show_progress: bool = True) -> tuple[SynthResult, dict[str, UsageMeter]]:
     from docthink.models.base import ChatModel
     from docthink.models.build import build_model, build_served
     from docthink.models.cache import CachedModel
@@ -174,15 +180,58 @@ async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
         wrapped["judge"] = CachedModel(inner[key], cache)
     models = SynthModels(**wrapped)
     try:
-        result = await synthesize(recipe, corpus, models, log, show_progress=True)
+        result = await synthesize(recipe, corpus, models, log, show_progress, only)
     finally:
         for model in inner.values():
             await model.aclose()
-    return result, {name: m.usage.as_dict() for name, m in wrapped.items()}
+    return result, {name: m.usage for name, m in wrapped.items()}
+
+
+def _plan_synth(recipe: SynthRecipe, options: PlanOptions) -> Plan:
+    """The synth run's plan, written to its folder as plan.json (its data card shows it beside
+    what the run spent). With calibration, a sample of questions runs for real first, in a
+    scratch folder with its own request cache, so the run itself sends every request again."""
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    from docthink.corpus.corpus import Corpus
+    from docthink.models.cache import RequestCache
+    from docthink.plan.synth import calibration_sample, measure, plan_synth
+
+    digest = recipe_hash(recipe)
+    with Corpus.open(recipe.corpus) as corpus:
+        measured, calibration = None, None
+        if options.calibrate:
+            only = calibration_sample(recipe, corpus, options.calibrate)
+            log = logging.getLogger("docthink.plan")
+            with tempfile.TemporaryDirectory() as scratch, \
+                    RequestCache(Path(scratch) / "cache.sqlite") as cache:
+                started = time.perf_counter()
+                result, meters = asyncio.run(_synthesize(recipe, corpus, cache, log, only,
+                                                         show_progress=False))
+                seconds = time.perf_counter() - started
+            measured = measure(recipe, corpus, result, meters, seconds, options.processor)
+            sample = plan_synth(recipe, corpus, recipe_hash=digest, processor=options.processor,
+                                measured=measured, only=only)
+            beside = sample.beside(meters)
+            calibration = {"questions": measured.questions, "seconds": round(seconds, 3),
+                           "tokens": measured.tokens,
+                           "sample_planned_beside_actual": [b.as_dict() for b in beside]}
+            measured = replace(measured, prompt_scale={
+                b.stage: b.prompt_tokens[1] / b.prompt_tokens[0]
+                for b in beside if b.prompt_tokens[0]})
+        rates = options.rates(None if measured is None else
+                              (measured.tokens, measured.seconds, measured.questions))
+        plan = plan_synth(recipe, corpus, recipe_hash=digest, processor=options.processor,
+                          measured=measured, rates=rates)
+    plan.calibration = calibration
+    plan.write(recipe.out / "plan.json")
+    return plan
 
 
 SYNTH = Stage("synth", ("synth",), SynthRecipe, _synth, inputs=lambda r: [r.questions],
-              parents=lambda r: [r.corpus, r.questions.parent])
+              parents=lambda r: [r.corpus, r.questions.parent], plan=_plan_synth)
 
 
 # -- export ---------------------------------------------------------------------------------------

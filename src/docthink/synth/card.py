@@ -7,12 +7,16 @@ from collections import Counter
 from pathlib import Path
 
 from docthink.cards import bar_chart, count_table, usage_table
+from docthink.models.base import UsageMeter
+from docthink.plan.bill import Plan, beside_lines
 from docthink.synth.pipeline import SynthResult
 
 
 def write_card(
-    result: SynthResult, out: Path, *, recipe_hash: str, usage: dict[str, dict[str, object]]
+    result: SynthResult, out: Path, *, recipe_hash: str, usage: dict[str, UsageMeter],
+    plan: Plan | None = None,
 ) -> Path:
+    """The card; with the plan `docthink plan` left in the folder, planned beside actual."""
     counts = result.counts()
     scores = Counter(min(int(e.relevance_score), 9) for e in result.evidence if e.failure is None)
     bins = [f"{b}-{b + 1}" for b in range(10)]
@@ -72,7 +76,12 @@ def write_card(
         "",
         "## Tokens spent",
         "",
-        *usage_table(usage, "stage model"),
+        *usage_table({name: m.as_dict() for name, m in usage.items()}, "stage model"),
+        "",
+        "## Planned beside actual",
+        "",
+        *(beside_lines(plan, usage, recipe_hash) if plan is not None else
+          ["No plan: `docthink plan synth` with this recipe writes one into the run folder."]),
         "",
     ]
     path = out / "card.md"

@@ -255,10 +255,14 @@ async def synthesize(
     models: SynthModels,
     log: logging.Logger,
     show_progress: bool,
+    only: frozenset[str] | None = None,
 ) -> SynthResult:
+    """The whole pipeline; `only` restricts it to some questions (a plan's calibration sample)."""
     result = SynthResult()
     rows = read_question_rows(recipe.questions)
     check_documents(rows, corpus, recipe.questions)
+    if only is not None:
+        rows = [r for r in rows if r.qid in only]
     n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
     questions, dropped = resolve(rows, n_pages, recipe.questions)
     result.questions = len(rows)
