@@ -25,6 +25,7 @@ from docthink.models.base import UsageMeter
 from docthink.models.specs import ModelSpec
 from docthink.plan.bill import Basis, Plan, Rates, StagePlan
 from docthink.plan.tokens import (
+    ImageRule,
     Reader,
     TextLayerReader,
     VisionReader,
@@ -62,6 +63,7 @@ def reader_for(spec: ModelSpec, corpus: Corpus, recipe: SynthRecipe,
                processor: Path | None) -> Reader:
     if spec.kind == "teacher":
         return TextLayerReader(corpus.page_text)
+    rule: ImageRule | None
     if spec.kind == "local":
         folder: Path | None = spec.path
         name = str(spec.path)

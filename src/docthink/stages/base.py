@@ -8,6 +8,11 @@ writes the output markers the next stage reads, and closes the run with its stat
 `docthink reproduce` read the same table of stages (`docthink.stages.STAGES`), so every kind of
 run can be rerun from its record.
 
+A stage that calls models may also have a `plan`: what a run of that recipe would send and cost,
+built from the requests the run would make (`docthink plan`, see `docthink.plan`). A plan records
+no run: it sends nothing (a calibration sample is a measurement, not data) and it belongs to the
+run it prices, whose folder keeps it and whose data card shows it beside the actual figures.
+
 Stage functions stay plain: they take a validated recipe and call the packages' functions over
 typed rows; where the work runs (this process, a cluster) is the business of the executor those
 functions use, not of the stage."""
