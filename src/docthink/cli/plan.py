@@ -87,9 +87,35 @@ def plan_synth(
     """The plan of `docthink synth` with the same arguments; written to OUT/plan.json, which
     the run's data card shows beside what it spent."""
     overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
-    stage = STAGES["synth"]
-    assert stage.plan is not None  # the synth stage has a plan
     options = PlanOptions(processor, calibrate, throughput, gpus, price_in, price_out)
+    _plan("synth", recipe, preset, overrides, options, json_out)
+
+
+@plan_app.command("questions")
+def plan_questions(
+    corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="the run's output folder (plan.json goes there)")] = None,
+    recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
+    seed: SeedOpt = None,
+    processor: Processor = None,
+    throughput: Throughput = None,
+    price_in: PriceIn = None,
+    price_out: PriceOut = None,
+    json_out: Json = False,
+) -> None:
+    """The plan of `docthink questions` with the same arguments: the writer's requests exactly,
+    the judge's as bounds and estimates; written to OUT/plan.json."""
+    overrides = {"corpus": corpus, "out": out, "seed": seed}
+    options = PlanOptions(processor, 0, throughput, 1, price_in, price_out)
+    _plan("questions", recipe, preset, overrides, options, json_out)
+
+
+def _plan(kind: str, recipe: Path | None, preset: str | None, overrides: dict[str, object],
+          options: PlanOptions, json_out: bool) -> None:
+    stage = STAGES[kind]
+    assert stage.plan is not None  # the commands above name stages that have a plan
     plan = stage.plan(load_recipe(stage.recipe, recipe, overrides, preset=preset), options)
     if json_out:
         typer.echo(json.dumps(plan.to_json(), indent=2))

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, Literal
 if TYPE_CHECKING:
     from docthink.models.base import UsageMeter
 
-Basis = Literal["exact", "at most", "limit", "measured"]
+Basis = Literal["exact", "at most", "estimate", "limit", "measured"]
 
 
 @dataclass(frozen=True)
@@ -168,7 +168,7 @@ class Plan:
         rows = [("stage", "model", "requests", "images/req", "prompt tok/req", "prompt tokens",
                  "output tokens")]
         for s in self.stages:
-            bound = "<= " if s.requests_basis == "at most" else ""
+            bound = {"at most": "<= ", "estimate": "~"}.get(s.requests_basis, "")
             out = "<= " if s.output_basis == "limit" else "~"
             rows.append((s.stage, s.model, f"{bound}{s.requests:,}",
                          f"{s.images_per_request:.1f} (max {s.max_images_per_request})",

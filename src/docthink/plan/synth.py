@@ -17,23 +17,12 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
-from docthink.core.parts import PageRef
 from docthink.corpus.corpus import Corpus
 from docthink.evals.judge import DEFAULT_JUDGE_PROMPT, judge_request
 from docthink.evals.prompt import PromptFile
 from docthink.models.base import UsageMeter
-from docthink.models.specs import ModelSpec
 from docthink.plan.bill import Basis, Plan, Rates, StagePlan
-from docthink.plan.tokens import (
-    ImageRule,
-    Reader,
-    TextLayerReader,
-    VisionReader,
-    family_rule,
-    placeholder,
-    processor_rule,
-    text_counter,
-)
+from docthink.plan.tokens import Reader, model_name, placeholder, reader_for
 from docthink.questions.rows import Question, check_documents, read_question_rows, resolve
 from docthink.synth import requests as rq
 from docthink.synth.pipeline import SynthResult, choose_branch, evidence_order
@@ -59,31 +48,6 @@ class Measured:
     prompt_scale: Mapping[str, float] = field(default_factory=dict)
 
 
-def reader_for(spec: ModelSpec, corpus: Corpus, recipe: SynthRecipe,
-               processor: Path | None) -> Reader:
-    if spec.kind == "teacher":
-        return TextLayerReader(corpus.page_text)
-    rule: ImageRule | None
-    if spec.kind == "local":
-        folder: Path | None = spec.path
-        name = str(spec.path)
-        rule = processor_rule(spec.path)
-    else:
-        folder, name = processor, spec.model
-        rule = processor_rule(processor) if processor is not None else family_rule(spec.model)
-    text = text_counter(folder)
-    rule_name = rule.name if rule is not None else "no images"
-    return VisionReader(rule, name, lambda ref: pixels(corpus, ref, recipe), text,
-                        f"{name}: images by {rule_name}, text by {text.how}")
-
-
-def pixels(corpus: Corpus, ref: PageRef, recipe: SynthRecipe) -> tuple[int, int]:
-    """The page's size as the policy renders it (PDFium: ceil(points * scale))."""
-    width, height = corpus.document(ref.doc_id).page_sizes[ref.page - 1]
-    scale = recipe.image.scale(width, height)
-    return math.ceil(width * scale), math.ceil(height * scale)
-
-
 def planned_questions(recipe: SynthRecipe, corpus: Corpus) -> tuple[list[Question], int, int]:
     """(questions the run will process, rows in the file, rows dropped at input) -- the run's own
     reading of the questions file."""
@@ -92,12 +56,6 @@ def planned_questions(recipe: SynthRecipe, corpus: Corpus) -> tuple[list[Questio
     n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
     questions, dropped = resolve(rows, n_pages, recipe.questions)
     return questions, len(rows), len(dropped)
-
-
-def model_name(spec: ModelSpec) -> str:
-    if spec.kind == "teacher":
-        return f"docthink-teacher/{spec.similarity}"
-    return spec.model if spec.kind == "openai" else str(spec.path)
 
 
 def plan_synth(
@@ -116,7 +74,7 @@ def plan_synth(
         questions = [q for q in questions if q.qid in only]
         n_rows, n_dropped = len(questions), 0
     models = recipe.models
-    readers = {name: reader_for(getattr(models, name), corpus, recipe, processor)
+    readers = {name: reader_for(getattr(models, name), corpus, recipe.image, processor)
                for name in ("evidence", "answer_vision", "answer_text")}
     stages = [_evidence(recipe, questions, readers["evidence"], measured)]
     certain = recipe.evidence.source_floor > recipe.trace.threshold and all(
@@ -132,7 +90,7 @@ def plan_synth(
     verify = recipe.answer.verify
     if verify.method == "judge":
         assert verify.judge is not None  # the recipe validates it
-        judge_reader = reader_for(verify.judge, corpus, recipe, processor)
+        judge_reader = reader_for(verify.judge, corpus, recipe.image, processor)
         stages.append(_judge(recipe, questions, judge_reader, measured))
         notes.append(f"judge: {judge_reader.name}")
     notes.append(
@@ -265,7 +223,7 @@ def measure(recipe: SynthRecipe, corpus: Corpus, result: SynthResult,
     for a in result.answers:
         if a.failure is None:
             answers.setdefault(a.branch, []).append(a.completion_tokens)
-    text = reader_for(recipe.models.answer_text, corpus, recipe, processor)
+    text = reader_for(recipe.models.answer_text, corpus, recipe.image, processor)
     traces = result.traces
     spent = sum(u.prompt_tokens + u.completion_tokens for u in usage.values())
     return Measured(

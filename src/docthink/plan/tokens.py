@@ -22,7 +22,10 @@ from typing import Any, Protocol
 
 from docthink.core.errors import UserError
 from docthink.core.parts import ImagePart, PageRef, TextPart
+from docthink.corpus.corpus import Corpus
+from docthink.corpus.policy import RenderPolicy
 from docthink.models.base import ChatRequest
+from docthink.models.specs import ModelSpec
 
 
 @dataclass(frozen=True, slots=True)
@@ -208,3 +211,35 @@ def page(part: ImagePart) -> PageRef:
 def placeholder(ref: PageRef, mime: str) -> ImagePart:
     """An image part that names its page and nothing else: requests built for counting only."""
     return ImagePart(Path(), "", mime, ref)
+
+
+def reader_for(spec: ModelSpec, corpus: Corpus, policy: RenderPolicy,
+               processor: Path | None) -> Reader:
+    """How the model a spec names reads a request of this corpus's pages under `policy`."""
+    if spec.kind == "teacher":
+        return TextLayerReader(corpus.page_text)
+    rule: ImageRule | None
+    if spec.kind == "local":
+        folder: Path | None = spec.path
+        name = str(spec.path)
+        rule = processor_rule(spec.path)
+    else:
+        folder, name = processor, spec.model
+        rule = processor_rule(processor) if processor is not None else family_rule(spec.model)
+    text = text_counter(folder)
+    rule_name = rule.name if rule is not None else "no images"
+    return VisionReader(rule, name, lambda ref: pixels(corpus, ref, policy), text,
+                        f"{name}: images by {rule_name}, text by {text.how}")
+
+
+def pixels(corpus: Corpus, ref: PageRef, policy: RenderPolicy) -> tuple[int, int]:
+    """The page's size as the policy renders it (PDFium: ceil(points * scale))."""
+    width, height = corpus.document(ref.doc_id).page_sizes[ref.page - 1]
+    scale = policy.scale(width, height)
+    return math.ceil(width * scale), math.ceil(height * scale)
+
+
+def model_name(spec: ModelSpec) -> str:
+    if spec.kind == "teacher":
+        return f"docthink-teacher/{spec.similarity}"
+    return spec.model if spec.kind == "openai" else str(spec.path)

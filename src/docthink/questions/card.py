@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from docthink.cards import bar_chart, count_table, usage_table
+from docthink.models.base import UsageMeter
+from docthink.plan.bill import Plan, beside_lines
 from docthink.questions.generate import QuestionsResult
 from docthink.questions.recipe import ContextSettings
 from docthink.questions.tasks import TasksResult
@@ -62,8 +64,11 @@ def write_questions_card(
     out: Path,
     *,
     recipe_hash: str,
-    usage: dict[str, dict[str, object]],
+    usage: dict[str, UsageMeter],
+    plan: Plan | None = None,
 ) -> Path:
+    """The card; with the plan `docthink plan questions` left in the folder, planned beside
+    actual."""
     counts = result.counts()
     lengths: dict[str, list[int]] = {}
     for q in result.questions:
@@ -108,7 +113,12 @@ def write_questions_card(
         "",
         "## Requests",
         "",
-        *usage_table(usage, "model"),
+        *usage_table({name: m.as_dict() for name, m in usage.items()}, "model"),
+        "",
+        "## Planned beside actual",
+        "",
+        *(beside_lines(plan, usage, recipe_hash) if plan is not None else
+          ["No plan: `docthink plan questions` with this recipe writes one into the run folder."]),
         "",
     ]
     path = out / "card.md"

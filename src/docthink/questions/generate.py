@@ -38,7 +38,14 @@ from docthink.core.seeded import rng, uniform
 from docthink.core.vocab import NOT_ANSWERABLE
 from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
-from docthink.models.base import ChatModel, ChatRequest, ChatResult, Message, RequestFailure
+from docthink.models.base import (
+    ChatModel,
+    ChatRequest,
+    ChatResult,
+    Message,
+    RequestFailure,
+    UsageMeter,
+)
 from docthink.models.build import build_model
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.models.tasks import ShortAnswer
@@ -254,17 +261,17 @@ def _keep(seed: int, qid: str, drafts: Sequence[Draft]) -> Draft:
     return drafts[int(uniform(seed, qid, "keep") * len(drafts))]
 
 
-def _single_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+def single_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], dropped: list[Dropped]
 ) -> list[tuple[str, PageRef, Spec]]:
+    """(qid, page, spec) of every page the writer drafts from; weak pages go to `dropped`."""
     settings = recipe.single_page
     items = []
     for doc_id in doc_ids:
         pages = []
         for ref in corpus.document(doc_id).pages():
             if page_words(corpus.page_text(ref)) < settings.min_words:
-                weak = Dropped(f"single:{ref}", "single", "weak page: too little text")
-                result.dropped.append(weak)
+                dropped.append(Dropped(f"single:{ref}", "single", "weak page: too little text"))
             else:
                 pages.append(ref)
         if settings.max_per_document is not None:
@@ -277,9 +284,10 @@ def _single_items(
     return items
 
 
-def _seed_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: QuestionsResult
+def seed_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], dropped: list[Dropped]
 ) -> list[tuple[str, tuple[PageRef, ...], Spec]]:
+    """(qid, seed pages, spec) of every multi-page seed; weak seeds go to `dropped`."""
     settings = recipe.multi_page
     items = []
     for doc_id in doc_ids:
@@ -295,7 +303,7 @@ def _seed_items(
             pages = tuple(PageRef(doc_id, p) for p in range(start, start + length))
             strong = sum(page_words(corpus.page_text(r)) >= settings.min_words for r in pages)
             if strong < 2:
-                result.dropped.append(Dropped(qid, "multi", "weak seed: under two pages with text"))
+                dropped.append(Dropped(qid, "multi", "weak seed: under two pages with text"))
                 continue
             items.append((qid, pages, sample_spec(recipe.seed, qid, recipe.single_page.spec)))
     return items
@@ -458,8 +466,9 @@ async def make_questions(
     result = QuestionsResult(index, negatives, gap, excluded, writer_name, judge_model.name)
     stages = _Stages(recipe, corpus, judge_model, result, log, show_progress)
 
-    singles = _single_items(recipe, corpus, doc_ids, result) if recipe.single_page.enabled else []
-    seeds = _seed_items(recipe, corpus, doc_ids, result) if recipe.multi_page.enabled else []
+    singles = (single_items(recipe, corpus, doc_ids, result.dropped)
+               if recipe.single_page.enabled else [])
+    seeds = seed_items(recipe, corpus, doc_ids, result.dropped) if recipe.multi_page.enabled else []
     writer: Writer
     if generator is None:
         writer = ExtractiveWriter(corpus, recipe.seed)
@@ -518,7 +527,7 @@ async def run_question_stages(
     cache: RequestCache,
     log: logging.Logger,
     show_progress: bool = False,
-) -> tuple[QuestionsResult, dict[str, dict[str, object]]]:
+) -> tuple[QuestionsResult, dict[str, UsageMeter]]:
     """Build the models, run every stage, close the models; usage per role."""
     generator, judge_model = question_models(recipe, corpus, cache)
     try:
@@ -527,7 +536,7 @@ async def run_question_stages(
         for model in (generator, judge_model):
             if model is not None:
                 await model.aclose()
-    usage = {"judge": judge_model.usage.as_dict()}
+    usage = {"judge": judge_model.usage}
     if generator is not None:
-        usage = {"generator": generator.usage.as_dict(), **usage}
+        usage = {"generator": generator.usage, **usage}
     return result, usage

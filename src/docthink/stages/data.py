@@ -78,10 +78,13 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
 
     _write_recipe(recipe)
     with Corpus.open(recipe.corpus) as corpus, RequestCache(recipe.out / "cache.sqlite") as cache:
-        result, usage = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
+        result, meters = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
+    usage = {name: m.as_dict() for name, m in meters.items()}
     path = write_questions(result, recipe.out)
+    plan = recipe.out / "plan.json"
     card = write_questions_card(result, recipe.contexts, recipe.out,
-                                recipe_hash=recipe_hash(recipe), usage=usage)
+                                recipe_hash=recipe_hash(recipe), usage=meters,
+                                plan=read_plan(plan) if plan.exists() else None)
     counts = result.counts()
     line = (f"questions {path}: {counts['questions']} questions ({tally(counts['by_kind'])}) by "
             f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
@@ -92,8 +95,25 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
     return Outcome([line], [Written(path)], scalars(counts), summary, marks=[recipe.out])
 
 
+def _plan_questions(recipe: QuestionsRecipe, options: PlanOptions) -> Plan:
+    """The questions run's plan, written to its folder as plan.json (no calibration: the judge's
+    work depends on what the writer drafts, which only the run shows)."""
+    from docthink.core.errors import UserError
+    from docthink.corpus.corpus import Corpus
+    from docthink.plan.questions import plan_questions
+
+    if options.calibrate:
+        raise UserError("--calibrate: only `docthink plan synth` calibrates")
+    with Corpus.open(recipe.corpus) as corpus:
+        plan = plan_questions(recipe, corpus, recipe_hash=recipe_hash(recipe),
+                              processor=options.processor, rates=options.rates(None))
+    plan.write(recipe.out / "plan.json")
+    return plan
+
+
 QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,
-                  inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus])
+                  inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus],
+                  plan=_plan_questions)
 
 
 def _tasks(recipe: TasksRecipe, run: Run) -> Outcome:
