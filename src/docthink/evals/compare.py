@@ -28,11 +28,11 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from docthink.core.hashing import file_digest
 from docthink.evals.benchmarks import rules_scored
 from docthink.evals.data import Benchmark, BenchRow, DataError
 from docthink.evals.metrics import Answer, ModeMetrics, Scored, compute, interval, pct
 from docthink.evals.scoring import scoreable
-from docthink.runs import file_sha256
 
 CORRECTIONS = "corrections_diff.json"
 SIDES = {"v1": "V1 rules, V1 reference", "v1_rules_v2_reference": "V1 rules, V2 reference",
@@ -257,7 +257,7 @@ def compare_with_v1(pairs: Sequence[tuple[Answer, Scored]], *, v1: Benchmark, v2
         v1_file=v1.path.name,
         v1_sha256=v1.sha256,
         v1_rows=len(v1.rows),
-        corrections_sha256=file_sha256(v2.path.parent / CORRECTIONS),
+        corrections_sha256=file_digest(v2.path.parent / CORRECTIONS, "sha256"),
         not_compared=dict(sorted(not_compared.items())),
         modes={mode: {side: compute(rows, seed, breakdowns=()) for side, rows in by_side.items()}
                for mode, by_side in sides.items()},
