@@ -44,7 +44,8 @@ def test_plan_counts_the_runs_requests_exactly_and_its_tokens_within_ten_percent
     docthink("synth", *args, "--registry", registry, "--runs-dir", tmp_path / "runs")
 
     (record,) = Registry(registry).list(kind="synth")
-    usage = json.loads((Path(record.run_dir) / "summary.json").read_text())["usage"]
+    summary = json.loads((Path(record.run_dir) / "summary.json").read_text())
+    usage = summary["usage"]
     planned = stages(plan)
     assert set(planned) == set(usage) == {"evidence", "answer_vision", "answer_text"}
     for stage, row in planned.items():
@@ -63,6 +64,8 @@ def test_plan_counts_the_runs_requests_exactly_and_its_tokens_within_ten_percent
         (plan["totals"]["prompt_tokens"] * 0.5 + plan["totals"]["output_tokens"] * 2) / 1e6,
         abs=0.01)
 
+    assert [(b["stage"], b["requests"]) for b in summary["planned_beside_actual"]] == [
+        (stage, [row["requests"], usage[stage]["requests"]]) for stage, row in planned.items()]
     card = (out / "card.md").read_text()
     evidence = usage["evidence"]["prompt_tokens"]
     assert (f"| evidence | {planned['evidence']['requests']:,} | "

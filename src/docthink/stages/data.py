@@ -81,10 +81,10 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
         result, meters = asyncio.run(run_question_stages(recipe, corpus, cache, run.log, True))
     usage = {name: m.as_dict() for name, m in meters.items()}
     path = write_questions(result, recipe.out)
-    plan = recipe.out / "plan.json"
+    plan_file = recipe.out / "plan.json"
+    plan = read_plan(plan_file) if plan_file.exists() else None
     card = write_questions_card(result, recipe.contexts, recipe.out,
-                                recipe_hash=recipe_hash(recipe), usage=meters,
-                                plan=read_plan(plan) if plan.exists() else None)
+                                recipe_hash=recipe_hash(recipe), usage=meters, plan=plan)
     counts = result.counts()
     line = (f"questions {path}: {counts['questions']} questions ({tally(counts['by_kind'])}) by "
             f"{result.writer}; judge rejected {counts['judge_rejected']}; contexts "
@@ -92,6 +92,8 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
             f"data card {card}")
     summary = {"counts": counts, "usage": usage, "writer": result.writer, "judge": result.judge,
                "prompts": PROMPTS.hashes()}
+    if plan is not None:  # what `docthink plan questions` said beside what the run spent
+        summary["planned_beside_actual"] = [b.as_dict() for b in plan.beside(meters)]
     return Outcome([line], [Written(path)], scalars(counts), summary, marks=[recipe.out])
 
 
@@ -155,9 +157,10 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
         result, meters = asyncio.run(_synthesize(recipe, corpus, cache, run.log))
     usage = {name: m.as_dict() for name, m in meters.items()}
     write_tables(result, recipe.out)
-    plan = recipe.out / "plan.json"
+    plan_file = recipe.out / "plan.json"
+    plan = read_plan(plan_file) if plan_file.exists() else None
     card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), usage=meters,
-                      plan=read_plan(plan) if plan.exists() else None)
+                      plan=plan)
     counts = result.counts()
     stages = Counter(d.stage for d in result.dropped)
     dropped = f"{len(result.dropped)} dropped" + (
@@ -166,11 +169,13 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
                 f"mismatched" if counts["verified"] else "")
     line = (f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
             f"{counts['examples']} examples; {dropped}{verified}; data card {card}")
+    summary = {"counts": counts, "usage": usage, "prompts": PROMPTS.hashes()}
+    if plan is not None:  # what `docthink plan synth` said beside what the run spent
+        summary["planned_beside_actual"] = [b.as_dict() for b in plan.beside(meters)]
     return Outcome([line], [Written(recipe.out / "examples.jsonl"),
                             Written(recipe.out / "evidence.parquet"),
                             Written(recipe.out / "verification.parquet")],
-                   scalars(counts), {"counts": counts, "usage": usage,
-                                     "prompts": PROMPTS.hashes()}, marks=[recipe.out])
+                   scalars(counts), summary, marks=[recipe.out])
 
 
 async def _synthesize(recipe: SynthRecipe, corpus: Corpus, cache: RequestCache,
