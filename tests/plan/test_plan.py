@@ -231,7 +231,7 @@ def test_the_reference_configs_estimate(tmp_path: Path) -> None:
 
 
 def test_a_plan_reads_back_and_sets_costs(tmp_path: Path) -> None:
-    stage = StagePlan("evidence", "m", 10, "exact", 10, 1, 5000, 1000, "limit")
+    stage = StagePlan("evidence", "m", 10, "exact", 10, 1, 5000, "exact", 1000, "limit")
     plan = Plan("synth", "abc", 2, 0, 5, [stage], Rates(1000.0, "stated", 1.0, 4.0), ["n"])
     plan.write(tmp_path / "plan.json")
     back = Plan.from_json(json.loads((tmp_path / "plan.json").read_text()))

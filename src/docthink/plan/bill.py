@@ -17,6 +17,8 @@ if TYPE_CHECKING:
     from docthink.models.base import UsageMeter
 
 Basis = Literal["exact", "at most", "estimate", "limit", "measured"]
+MARKS: dict[Basis, str] = {"exact": "", "at most": "<= ", "limit": "<= ", "estimate": "~",
+                           "measured": "~"}
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,7 @@ class StagePlan:
     images: int  # images sent over all requests
     max_images_per_request: int
     prompt_tokens: int
+    prompt_basis: Basis  # exact; limit or at most (traces at the limits); estimate; measured
     output_tokens: int
     output_basis: Basis  # limit (max_tokens per request) or measured
 
@@ -168,12 +171,11 @@ class Plan:
         rows = [("stage", "model", "requests", "images/req", "prompt tok/req", "prompt tokens",
                  "output tokens")]
         for s in self.stages:
-            bound = {"at most": "<= ", "estimate": "~"}.get(s.requests_basis, "")
-            out = "<= " if s.output_basis == "limit" else "~"
-            rows.append((s.stage, s.model, f"{bound}{s.requests:,}",
+            rows.append((s.stage, s.model, f"{MARKS[s.requests_basis]}{s.requests:,}",
                          f"{s.images_per_request:.1f} (max {s.max_images_per_request})",
-                         f"{s.prompt_per_request:,.0f}", f"{s.prompt_tokens:,}",
-                         f"{out}{s.output_tokens:,}"))
+                         f"{s.prompt_per_request:,.0f}",
+                         f"{MARKS[s.prompt_basis]}{s.prompt_tokens:,}",
+                         f"{MARKS[s.output_basis]}{s.output_tokens:,}"))
         rows.append(("total", "", f"{self.requests:,}", f"{self.images:,} images", "",
                      f"{self.prompt_tokens:,}", f"{self.output_tokens:,}"))
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -191,7 +193,9 @@ class Plan:
         lines.append(f"API cost: ${cost:,.2f} at ${self.rates.price_in}/M prompt, "
                      f"${self.rates.price_out}/M output tokens" if cost is not None else
                      "API cost: give --price-in and --price-out (USD per million tokens)")
-        lines += ["", *(f"- {n}" for n in self.notes)]
+        legend = ("<= at most (at the recipe's limits), ~ estimated or measured on a sample; "
+                  "unmarked: exact")
+        lines += ["", legend, *(f"- {n}" for n in self.notes)]
         return "\n".join(lines)
 
 

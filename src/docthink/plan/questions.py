@@ -50,7 +50,8 @@ def plan_questions(recipe: QuestionsRecipe, corpus: Corpus, *, recipe_hash: str,
         widest = max([1 if singles else 0, *(len(p) for _, p, _ in seeds)])
         stages.append(StagePlan("generator", model_name(generator), len(requests), "exact",
                                 images, widest, sum(reader.prompt_tokens(r) for r in requests),
-                                limit * len(requests), "limit"))
+                                "exact" if reader.exact else "estimate", limit * len(requests),
+                                "limit"))
         notes.append(f"generator: {reader.name}")
 
     judge = reader_for(recipe.models.judge, corpus, recipe.image, processor)
@@ -67,8 +68,8 @@ def plan_questions(recipe: QuestionsRecipe, corpus: Corpus, *, recipe_hash: str,
     requests = len(seed_pages) + twin_requests
     stages.append(StagePlan("judge", model_name(recipe.models.judge), requests,
                             "estimate" if twins else "at most", requests, 1 if requests else 0,
-                            round(seed_prompt + twin_requests * mean_page), limit * requests,
-                            "limit"))
+                            round(seed_prompt + twin_requests * mean_page), "estimate",
+                            limit * requests, "limit"))
     seeds_note = (f"judge requests: at most {len(seed_pages)} for {len(seeds)} multi-page seeds "
                   "(each page of each seed whose question survives)")
     twins_note = (f"about {twin_requests} for up to {len(twins)} unanswerable twins (those whose "

@@ -130,7 +130,8 @@ def _evidence(recipe: SynthRecipe, questions: Sequence[Question], reader: Reader
         prompt += reader.prompt_tokens(request)
     per_reply = measured.evidence_output if measured else settings.max_tokens
     return StagePlan("evidence", model_name(recipe.models.evidence), len(pairs), "exact",
-                     len(pairs), 1 if pairs else 0, prompt, round(per_reply * len(pairs)),
+                     len(pairs), 1 if pairs else 0, prompt, "exact" if reader.exact else "estimate",
+                     round(per_reply * len(pairs)),
                      "measured" if measured else "limit")
 
 
@@ -176,7 +177,8 @@ def _answer(recipe: SynthRecipe, stage: str, questions: Sequence[Question],
     per_reply = measured.answer_output.get(branch) if measured else None  # a branch unsampled
     output = per_reply if per_reply is not None else settings.max_tokens
     return StagePlan(stage, model_name(getattr(recipe.models, stage)), len(questions), basis,
-                     round(images), widest, round(prompt), round(output * len(questions)),
+                     round(images), widest, round(prompt), "measured" if measured else "at most",
+                     round(output * len(questions)),
                      "measured" if per_reply is not None else "limit")
 
 
@@ -195,7 +197,8 @@ def _judge(recipe: SynthRecipe, questions: Sequence[Question], reader: Reader,
     judged = measured.judge_output if measured and measured.judge_output is not None else None
     per_reply = judged if judged is not None else verify.max_tokens
     return StagePlan("judge", model_name(verify.judge), len(checked), "at most", 0, 0,
-                     round(prompt), round(per_reply * len(checked)),
+                     round(prompt), "measured" if measured else "at most",
+                     round(per_reply * len(checked)),
                      "measured" if judged is not None else "limit")
 
 

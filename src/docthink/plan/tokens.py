@@ -118,6 +118,7 @@ class TextCount:
     how: str
     message: Callable[[str], int]  # template tokens of a message with this role
     reply: int  # template tokens that open the reply
+    exact: bool  # the model's own tokenizer
 
 
 def text_counter(folder: Path | None) -> TextCount:
@@ -133,10 +134,10 @@ def text_counter(folder: Path | None) -> TextCount:
 
         return TextCount(count, f"tokenizer {folder / 'tokenizer.json'}",
                          lambda role: count(f"<|im_start|>{role}\n<|im_end|>\n"),
-                         count("<|im_start|>assistant\n"))
+                         count("<|im_start|>assistant\n"), exact=True)
     return TextCount(lambda text: math.ceil(len(text) / CHARS_PER_TOKEN),
                      f"{CHARS_PER_TOKEN} characters a token", lambda role: MESSAGE_TOKENS,
-                     REPLY_TOKENS)
+                     REPLY_TOKENS, exact=False)
 
 
 class Reader(Protocol):
@@ -144,6 +145,9 @@ class Reader(Protocol):
 
     @property
     def name(self) -> str: ...  # the rule, in words, for the plan's notes
+
+    @property
+    def exact(self) -> bool: ...  # counts what the model counts (not an approximation)
 
     def prompt_tokens(self, request: ChatRequest) -> int: ...
 
@@ -158,6 +162,7 @@ class TextLayerReader:
 
     page_text: Callable[[PageRef], str]
     name: str = "offline teacher: words of the texts and of each page's text layer (exact)"
+    exact: bool = True
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         return sum(
@@ -183,6 +188,10 @@ class VisionReader:
     pixels: Callable[[PageRef], tuple[int, int]]  # the page's size as rendered by the policy
     text: TextCount
     name: str
+
+    @property
+    def exact(self) -> bool:
+        return self.text.exact
 
     def prompt_tokens(self, request: ChatRequest) -> int:
         total = self.text.reply
