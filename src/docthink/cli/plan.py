@@ -86,7 +86,8 @@ def plan_synth(
 ) -> None:
     """The plan of `docthink synth` with the same arguments; written to OUT/plan.json, which
     the run's data card shows beside what it spent."""
-    overrides = {"corpus": corpus, "questions": questions, "out": out, "seed": seed}
+    overrides: dict[str, object] = {"corpus": corpus, "questions": questions, "out": out,
+                                    "seed": seed}
     options = PlanOptions(processor, calibrate, throughput, gpus, price_in, price_out)
     _plan("synth", recipe, preset, overrides, options, json_out)
 
@@ -107,7 +108,7 @@ def plan_questions(
 ) -> None:
     """The plan of `docthink questions` with the same arguments: the writer's requests exactly,
     the judge's as bounds and estimates; written to OUT/plan.json."""
-    overrides = {"corpus": corpus, "out": out, "seed": seed}
+    overrides: dict[str, object] = {"corpus": corpus, "out": out, "seed": seed}
     options = PlanOptions(processor, 0, throughput, 1, price_in, price_out)
     _plan("questions", recipe, preset, overrides, options, json_out)
 

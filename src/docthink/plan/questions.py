@@ -41,16 +41,16 @@ def plan_questions(recipe: QuestionsRecipe, corpus: Corpus, *, recipe_hash: str,
         notes.append("the extractive writer drafts from the text layer: no writer requests")
     else:
         reader = reader_for(generator, corpus, recipe.image, processor)
-        requests = [single_request(placeholder(ref, mime), spec, temperature=recipe.temperature,
+        writes = [single_request(placeholder(ref, mime), spec, temperature=recipe.temperature,
                                    max_tokens=limit) for _, ref, spec in singles]
-        requests += [multi_request([placeholder(r, mime) for r in pages], spec,
+        writes += [multi_request([placeholder(r, mime) for r in pages], spec,
                                    temperature=recipe.temperature, max_tokens=limit)
                      for _, pages, spec in seeds]
         images = len(singles) + sum(len(pages) for _, pages, _ in seeds)
         widest = max([1 if singles else 0, *(len(p) for _, p, _ in seeds)])
-        stages.append(StagePlan("generator", model_name(generator), len(requests), "exact",
-                                images, widest, sum(reader.prompt_tokens(r) for r in requests),
-                                "exact" if reader.exact else "estimate", limit * len(requests),
+        stages.append(StagePlan("generator", model_name(generator), len(writes), "exact",
+                                images, widest, sum(reader.prompt_tokens(r) for r in writes),
+                                "exact" if reader.exact else "estimate", limit * len(writes),
                                 "limit"))
         notes.append(f"generator: {reader.name}")
 
