@@ -28,15 +28,18 @@ def stages(plan: dict) -> dict[str, dict]:
     return {s["stage"]: s for s in plan["stages"]}
 
 
+@pytest.mark.parametrize("shard_size", [128, 3])
 def test_plan_counts_the_runs_requests_exactly_and_its_tokens_within_ten_percent(
-    sample_corpus, tmp_path: Path
+    sample_corpus, tmp_path: Path, shard_size: int
 ) -> None:
     """The plan of an offline-teacher run, then the run: the same requests per stage, prompt and
     output tokens within 10% (calibrated on half the questions), and the data card shows them
-    side by side."""
+    side by side, summed over the run's shards (one, or three of up to 3 questions; the
+    calibration sample runs in shards too)."""
     corpus, questions = sample_corpus
     out, registry = tmp_path / "out", tmp_path / "registry.sqlite"
-    args = ("--corpus", corpus, "--questions", questions, "--out", out)
+    args = ("--corpus", corpus, "--questions", questions, "--out", out,
+            "--shard-size", str(shard_size))
     bounds = stages(plan_json(*args))  # limits only: no model is called
     plan = plan_json(*args, "--calibrate", "4", "--throughput", "2000", "--price-in", "0.5",
                      "--price-out", "2")
@@ -45,7 +48,8 @@ def test_plan_counts_the_runs_requests_exactly_and_its_tokens_within_ten_percent
 
     (record,) = Registry(registry).list(kind="synth")
     summary = json.loads((Path(record.run_dir) / "summary.json").read_text())
-    usage = summary["usage"]
+    assert summary["shards"]["total"] == (1 if shard_size == 128 else 3)
+    usage = summary["data_usage"]
     planned = stages(plan)
     assert set(planned) == set(usage) == {"evidence", "answer_vision", "answer_text"}
     for stage, row in planned.items():
@@ -67,6 +71,7 @@ def test_plan_counts_the_runs_requests_exactly_and_its_tokens_within_ten_percent
     assert [(b["stage"], b["requests"]) for b in summary["planned_beside_actual"]] == [
         (stage, [row["requests"], usage[stage]["requests"]]) for stage, row in planned.items()]
     card = (out / "card.md").read_text()
+    assert "The plan was made for recipe" not in card  # the same arguments, the same recipe
     evidence = usage["evidence"]["prompt_tokens"]
     assert (f"| evidence | {planned['evidence']['requests']:,} | "
             f"{usage['evidence']['requests']:,} | {evidence:,} | {evidence:,} | 1.00 |") in card

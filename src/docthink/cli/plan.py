@@ -8,7 +8,17 @@ from typing import Annotated
 
 import typer
 
-from docthink.cli.common import PresetOpt, RecipeOpt, SeedOpt, app, out_console
+from docthink.cli.common import (
+    ExecutorOpt,
+    PresetOpt,
+    RayAddressOpt,
+    RecipeOpt,
+    SeedOpt,
+    ShardSizeOpt,
+    app,
+    out_console,
+)
+from docthink.engine.executor import executor_overrides
 from docthink.plan.bill import PlanOptions
 from docthink.recipe import load_recipe, preset_files, preset_names
 from docthink.stages import STAGES
@@ -76,6 +86,9 @@ def plan_synth(
     recipe: RecipeOpt = None,
     preset: PresetOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     processor: Processor = None,
     calibrate: Calibrate = 0,
     throughput: Throughput = None,
@@ -84,10 +97,12 @@ def plan_synth(
     price_out: PriceOut = None,
     json_out: Json = False,
 ) -> None:
-    """The plan of `docthink synth` with the same arguments; written to OUT/plan.json, which
-    the run's data card shows beside what it spent."""
+    """The plan of `docthink synth` with the same arguments (a calibration sample runs where
+    they say); written to OUT/plan.json, which the run's data card shows beside what it spent."""
     overrides: dict[str, object] = {"corpus": corpus, "questions": questions, "out": out,
-                                    "seed": seed}
+                                    "seed": seed,
+                                    "executor": executor_overrides(executor, ray_address,
+                                                                   shard_size)}
     options = PlanOptions(processor, calibrate, throughput, gpus, price_in, price_out)
     _plan("synth", recipe, preset, overrides, options, json_out)
 
@@ -100,6 +115,9 @@ def plan_questions(
     recipe: RecipeOpt = None,
     preset: PresetOpt = None,
     seed: SeedOpt = None,
+    executor: ExecutorOpt = None,
+    ray_address: RayAddressOpt = None,
+    shard_size: ShardSizeOpt = None,
     processor: Processor = None,
     throughput: Throughput = None,
     price_in: PriceIn = None,
@@ -108,7 +126,9 @@ def plan_questions(
 ) -> None:
     """The plan of `docthink questions` with the same arguments: the writer's requests exactly,
     the judge's as bounds and estimates; written to OUT/plan.json."""
-    overrides: dict[str, object] = {"corpus": corpus, "out": out, "seed": seed}
+    overrides: dict[str, object] = {"corpus": corpus, "out": out, "seed": seed,
+                                    "executor": executor_overrides(executor, ray_address,
+                                                                   shard_size)}
     options = PlanOptions(processor, 0, throughput, 1, price_in, price_out)
     _plan("questions", recipe, preset, overrides, options, json_out)
 
