@@ -80,7 +80,7 @@ def commands(base: Path, tuned: Path, out: Path, registry: Path,
     copy = "import shutil,sys\nfor i,p in enumerate(sys.argv[2:]): shutil.copyfile(p, f'{sys.argv[1]}/{i}')"
     merge = ("import sys; from docthink.merge.core import merge_checkpoints as m; a=[float(x) for x in sys.argv[3].split(',')];"
              "m(sys.argv[1], sys.argv[2], a, [f'{sys.argv[4]}/{x}' for x in a])")  # fmt: skip
-    known = ("import sys; from docthink.merge import merge_checkpoints as m; from docthink.core.hashing import ALGORITHM;"
+    known = ("import sys; from docthink.merge.core import merge_checkpoints as m; from docthink.core.hashing import ALGORITHM;"
              "from docthink.runs import Registry; r=Registry(__import__('pathlib').Path(sys.argv[5]));"
              "a=[float(x) for x in sys.argv[3].split(',')];"
              "m(sys.argv[1], sys.argv[2], a, [f'{sys.argv[4]}/{x}' for x in a],"

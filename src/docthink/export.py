@@ -2,8 +2,10 @@
 
 An example's user turn is every context page (a `Page N:` line before each image when page
 indices are on) and then the question; the assistant turn is `<think>{trace}</think>\\n{answer}`.
-The `<cot>` control token switches the trace on: a system message that is exactly `<cot>`, a
-prefix or suffix of the question, or no token and no trace at all."""
+The `<cot>` control token switches the trace on: a system message that is exactly `<cot>`, the
+first words of the user turn (before the first page, as the reference code writes
+`"<cot> " + user` where the user text starts with the images), the last words of the question,
+or no token and no trace at all."""
 
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from docthink.core.parts import ImagePart, TextPart
-from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, Placement
+from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, ExampleKind, Placement
 from docthink.recipe import Recipe
 from docthink.synth.rows import Branch
 
@@ -67,7 +69,7 @@ class _ExampleIn(BaseModel):
 @dataclass(frozen=True, slots=True)
 class SFTExample:
     id: str
-    kind: Literal["trace", "plain"]
+    kind: ExampleKind
     placement: Placement  # "none" for plain rows and for no-token trace rows
     branch: Branch | None
     system: str | None
@@ -123,10 +125,8 @@ def trace_example(
     placement: Placement,
     page_index: str | None,
 ) -> SFTExample:
-    question_text = {
-        "prefix": f"{COT} {question}",
-        "suffix": f"{question} {COT}",
-    }.get(placement, question)
+    user = user_turn(images, f"{question} {COT}" if placement == "suffix" else question,
+                     page_index=page_index)
     assistant = answer if placement == "none" else f"{THINK_OPEN}{trace}{THINK_CLOSE}\n{answer}"
     return SFTExample(
         id=qid,
@@ -134,9 +134,18 @@ def trace_example(
         placement=placement,
         branch=branch,
         system=COT if placement == "system" else None,
-        user=tuple(user_turn(images, question_text, page_index=page_index)),
+        user=tuple(cot_first(user) if placement == "prefix" else user),
         assistant=assistant,
     )
+
+
+def cot_first(parts: Sequence[UserPart]) -> list[UserPart]:
+    """The user turn with `<cot> ` as its very first characters: joined to the first text (a
+    `Page 1:` line), or as a text part of its own before the first image."""
+    first = parts[0]
+    if isinstance(first, TextPart):
+        return [TextPart(f"{COT} {first.text}"), *parts[1:]]
+    return [TextPart(f"{COT} "), *parts]
 
 
 def plain_example(
@@ -172,6 +181,8 @@ def _trl_row(example: SFTExample) -> dict[str, object]:
     )
     return {
         "id": example.id,
+        "kind": example.kind,
+        "placement": example.placement,
         "messages": messages,
         "images": [_image_name(i) for i in example.images],
     }

@@ -1,11 +1,16 @@
 """Recipes: pydantic models of everything that decides a run's result, loaded from YAML and
-overridden by command-line flags. The resolved recipe is what the run folder and registry keep."""
+overridden by command-line flags. The resolved recipe is what the run folder and registry keep.
+
+A preset is a named set of recipe files shipped in the package (`docthink/presets/NAME/`, one
+file per command it covers, every value with its source in a comment): the papers' settings as a
+starting point. Precedence, lowest first: the recipe's defaults, the preset, the recipe file, the
+flags; nested settings merge key by key."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import yaml
 from pydantic import (
@@ -24,6 +29,9 @@ class RecipeError(UserError, ValueError):
 
 class Recipe(BaseModel):
     model_config = ConfigDict(extra="forbid")
+    # the preset file that holds this recipe's settings (`presets/NAME/<section>.yaml`); None:
+    # presets do not cover it
+    preset_section: ClassVar[str | None] = None
 
 
 R = TypeVar("R", bound=Recipe)
@@ -44,27 +52,60 @@ def load_recipe(
     path: Path | None,
     overrides: dict[str, Any],
     defaults: dict[str, Any] | None = None,
+    preset: str | None = None,
 ) -> R:
-    """Recipe from `path` (YAML) with `overrides` (flags; None means "not given") on top, and
-    `defaults` under it (placeholders for fields neither sets)."""
-    data: dict[str, Any] = {}
-    source = "flags"
-    if path is not None:
-        source = str(path)
-        try:
-            loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
-        except (OSError, yaml.YAMLError) as exc:
-            raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
-        if not isinstance(loaded, dict):
-            raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(loaded).__name__}")
-        data = loaded
+    """Recipe from `path` (YAML) with `overrides` (flags; None means "not given") on top, the
+    `preset`'s settings for this recipe under it, and `defaults` under all (placeholders for
+    fields none sets)."""
+    data = _read_yaml(path) if path is not None else {}
+    source = str(path) if path is not None else f"preset {preset}" if preset else "flags"
+    under = _merge(defaults or {}, preset_settings(preset, cls) if preset is not None else {})
     given = {k: v for k, v in overrides.items() if v is not None}
-    data = _merge(_merge(defaults or {}, data), given)
+    data = _merge(_merge(under, data), given)
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         problems = "; ".join(_problem(err) for err in exc.errors())
         raise RecipeError(f"{source}: invalid {cls.__name__}: {problems}") from None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError) as exc:
+        raise RecipeError(f"{path}: cannot read recipe: {exc}") from None
+    if not isinstance(loaded, dict):
+        raise RecipeError(f"{path}: a recipe is a YAML mapping, got {type(loaded).__name__}")
+    return loaded
+
+
+# -- presets --------------------------------------------------------------------------------------
+
+PRESET_DIR = Path(__file__).parent / "presets"
+
+
+def preset_names() -> dict[str, str]:
+    """Every shipped preset and its one-line description."""
+    index: dict[str, str] = yaml.safe_load((PRESET_DIR / "index.yaml").read_text(encoding="utf-8"))
+    return index
+
+
+def preset_files(name: str) -> list[Path]:
+    """The recipe files of a preset, one per command it covers."""
+    if name not in preset_names():
+        raise RecipeError(f"no preset {name!r} (have: {', '.join(preset_names())})")
+    return sorted((PRESET_DIR / name).glob("*.yaml"))
+
+
+def preset_settings(name: str, cls: type[Recipe]) -> dict[str, Any]:
+    """What preset `name` sets for recipes of type `cls`."""
+    files = {f.stem: f for f in preset_files(name)}
+    section = cls.preset_section
+    if section is None or section not in files:
+        covers = ", ".join(files)
+        raise RecipeError(f"preset {name!r} has no settings for {section or cls.__name__} "
+                          f"(it covers: {covers})")
+    return _read_yaml(files[section])
 
 
 def _problem(err: ErrorDetails) -> str:

@@ -29,8 +29,8 @@ from tests.synth.test_synth_server import (
 )
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "data" / "mmlongbench"
-TABLES = ("evidence.parquet", "traces.parquet", "answers.parquet", "dropped.jsonl",
-          "examples.jsonl")
+TABLES = ("evidence.parquet", "traces.parquet", "answers.parquet", "verification.parquet",
+          "dropped.jsonl", "examples.jsonl")
 
 
 @pytest.fixture(scope="module")

@@ -77,6 +77,41 @@ def test_three_layouts_load_the_same_rows(tmp_path: Path) -> None:
         assert b.sha256 == hashlib.sha256(b.path.read_bytes()).hexdigest()
 
 
+def test_tsv_documents_decode_data_and_references(tmp_path: Path) -> None:
+    """VLMEvalKit's layout: the PDF in base64 in a row, or the index of the row that holds it;
+    two documents, the second named by reference from a later row."""
+    from docthink.evals.data import tsv_carries_documents, tsv_documents
+
+    pdf_a, pdf_b = b"%PDF-1.4 a" * 50, b"%PDF-1.7 b" * 50
+    header = ["index", "image", "doc_id", "question", "answer", "doc_type", "evidence_pages",
+              "evidence_sources", "answer_format"]
+    rest = ["q", "1", "t", "[1]", "[]", "Int"]
+    path = tmp_path / "c.tsv"
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(header)
+        writer.writerow([10, base64.b64encode(pdf_a).decode(), "a.pdf", *rest])
+        writer.writerow([11, "10", "a.pdf", *rest])
+        writer.writerow([12, base64.b64encode(pdf_b).decode(), "dir/b.pdf", *rest])
+    assert tsv_carries_documents(path)
+    assert tsv_documents(path, tmp_path / "docs") == ["a.pdf", "dir/b.pdf"]
+    assert (tmp_path / "docs" / "a.pdf").read_bytes() == pdf_a
+    assert (tmp_path / "docs" / "dir" / "b.pdf").read_bytes() == pdf_b
+    before = (tmp_path / "docs" / "a.pdf").stat().st_mtime_ns
+    tsv_documents(path, tmp_path / "docs")  # a rerun leaves identical files alone
+    assert (tmp_path / "docs" / "a.pdf").stat().st_mtime_ns == before
+    with path.open("a", encoding="utf-8", newline="") as f:
+        csv.writer(f, delimiter="\t").writerow([13, "99", "c.pdf", *rest])
+    with pytest.raises(DataError, match=r"row 4: image '99' names no row holding a document"):
+        tsv_documents(path, tmp_path / "docs")
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("\t".join(header) + "\n" + "\t".join(["1", "x" * 80 + "!", "a.pdf", *rest])
+                   + "\n")
+    with pytest.raises(DataError, match="row 1: image is not base64"):
+        tsv_documents(bad, tmp_path / "docs")
+    assert not tsv_carries_documents(write_json(tmp_path / "samples.json", RAW))
+
+
 def test_tsv_rows_are_keyed_by_their_index_column(tmp_path: Path) -> None:
     # MMLBD-C removed items from the 1,091 set: indices have gaps and keep their meaning.
     bench = load_benchmark(write_tsv(tmp_path / "c.tsv", RAW, [0, 4, 5, 1090]))

@@ -386,7 +386,7 @@ def test_rescore_rejects_an_unknown_index(planted: Planted, tmp_path: Path) -> N
         ("inference: {modes: [cot, cot]}\n", "modes repeat"),
         ("extract: {method: llm}\n", "extract.method llm needs extract.judge"),
         ("extract: {prompt: /nonexistent/prompt.md}\n", "extract.prompt"),
-        ("corpus: /somewhere\n", "give exactly one of documents"),
+        ("corpus: /somewhere\n", "give one of documents (a PDF folder) or corpus, not both"),
     ],
 )
 def test_recipe_errors_name_the_field(planted: Planted, tmp_path: Path, yaml: str,
@@ -402,6 +402,61 @@ def test_recipe_errors_name_the_field(planted: Planted, tmp_path: Path, yaml: st
     assert result.exit_code == 2
     assert message in " ".join(result.output.split())
     assert not (tmp_path / "eval").exists()
+
+
+def _mmlbd_c_tsv(planted: Planted, path: Path) -> Path:
+    """The planted benchmark as MMLBD-C ships it (VLMEvalKit's TSV): each document's PDF in base64
+    in the `image` column of its first row, later rows of the same document naming that row."""
+    import csv
+
+    header = ["index", "image", "question", "answer", "doc_id", "doc_type", "evidence_pages",
+              "evidence_sources", "answer_format"]
+    holder: dict[str, int] = {}
+    with path.open("w", encoding="utf-8", newline="") as f:
+        writer = csv.writer(f, delimiter="\t")
+        writer.writerow(header)
+        for index, row in enumerate(planted.rows):
+            pdf = planted.documents / row["doc_id"]
+            if not pdf.is_file():
+                continue  # the row about a PDF the benchmark lacks
+            if row["doc_id"] in holder:
+                image = str(holder[row["doc_id"]])
+            else:
+                holder[row["doc_id"]] = index
+                image = base64.b64encode(pdf.read_bytes()).decode()
+            writer.writerow([index, image, *(row[c] for c in header[2:])])
+    return path
+
+
+def test_an_mmlbd_c_tsv_brings_its_own_pdfs(planted: Planted, tmp_path: Path) -> None:
+    """No PDF folder: the TSV's base64 column is decoded into the run's folder, ingested, and
+    every row is asked over its own document, scoring as from the PDF folder."""
+    data = _mmlbd_c_tsv(planted, tmp_path / "MMLBD-C.tsv")
+    out = tmp_path / "eval"
+    docthink("eval", "run", "--data", data, "--out", out, "--runs-dir", tmp_path / "runs")
+    decoded = sorted(p.name for p in (out / "documents").iterdir())
+    assert decoded == sorted({r["doc_id"] for r in planted.rows} - {"absent.pdf"})
+    for name in decoded:
+        assert (out / "documents" / name).read_bytes() == (planted.documents / name).read_bytes()
+    from_tsv = read_jsonl(out / "predictions.jsonl")
+    reference = tmp_path / "eval-pdfs"
+    docthink(*eval_args(planted, reference))
+    from_pdfs = {(r["question"], r["mode"]): r["pred"] for r in read_jsonl(
+        reference / "predictions.jsonl")}
+    assert len(from_tsv) == len(from_pdfs) > 0
+    assert {(r["question"], r["mode"]): r["pred"] for r in from_tsv} == from_pdfs
+    assert sum(r["score"] for r in from_tsv) > 0
+
+
+def test_data_without_documents_is_refused_in_one_line(planted: Planted, tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from docthink.cli import app
+
+    result = CliRunner().invoke(app, ["eval", "run", "--data", str(planted.data), "--out",
+                                      str(tmp_path / "eval"), "--runs-dir", str(tmp_path / "r")])
+    assert result.exit_code == 2
+    assert "carries no documents" in " ".join(result.output.split())
 
 
 def test_an_existing_corpus_instead_of_a_pdf_folder(planted: Planted, tmp_path: Path) -> None:

@@ -233,6 +233,40 @@ def test_vision_branch_extracts_the_answer_from_the_pages_text(mode, question, e
 
 
 @pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize(
+    ("question", "expected"),
+    [
+        # a table cell: the row's number in the column of the year asked, not the whole row
+        ("According to the table, what was Net income in 2022?", "498"),
+        ("What was Net income in 2023?", "612"),
+        # a cloze statement: the words in the blank's place, not the sentence
+        ('Which name is missing from this statement: "Under the leadership of our chief '
+         'executive officer, ___, we entered three new markets"?', "Maria Okafor"),
+        ('What number is missing from this statement: "Recycled aluminium made up ___ of the '
+         'metal we bought."?', "41%"),
+        # numbered parts: each answered over the same pages, then summed or listed
+        ("What is the sum of the answers to these two questions? (1) What was Net income in "
+         "2023? (2) What was Net income in 2022?", "1110"),
+        ("Answer both questions and give the two answers as a list, in this order. (1) Who is "
+         "the chief executive officer? (2) According to the table, what was Net income in 2022?",
+         "['Maria Okafor', '498']"),
+    ],
+)
+def test_cells_blanks_and_numbered_parts_extract_the_fact(mode, question, expected):
+    assert answer(mode, vision_answer([2, 3, 4, 5], question)) == expected
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_a_statement_or_part_the_pages_do_not_hold_is_not_answerable(mode):
+    cloze = ('Which name is missing from this statement: "The Tokyo office is led by ___ since '
+             '2019."?')
+    assert answer(mode, vision_answer([2, 3, 4, 5], cloze)) == NOT_ANSWERABLE
+    parts = ("Answer both questions and give the two answers as a list. (1) Who is the chief "
+             "executive officer? (2) What was the average salary of the board in Japan?")
+    assert answer(mode, vision_answer([2, 3, 4, 5], parts)) == NOT_ANSWERABLE
+
+
+@pytest.mark.parametrize("mode", MODES)
 def test_a_yes_no_question_the_text_does_not_settle_gets_the_sentence(mode):
     text = answer(mode, vision_answer([2, 4], "Is the Lyon plant powered by coal?"))
     assert text == "The Lyon plant ran entirely on renewable electricity in 2023."
@@ -349,10 +383,10 @@ def test_an_evidence_request_with_two_pages_fails_explicitly():
 
 def test_name_says_what_it_is_and_usage_counts_what_it_read_and_wrote():
     t = ExtractiveTeacher(TeacherSpec(), DictPages({DOC: PAGES}))
-    assert t.name == "docthink-teacher/bm25@1"
+    assert t.name == "docthink-teacher/bm25@2"
     request = evidence_request(3, "How many employees did Acme have?")
     result = run(t.complete(request))
-    assert result.model == "docthink-teacher/bm25@1"
+    assert result.model == "docthink-teacher/bm25@2"
     assert result.parsed == EvidenceReply.model_validate_json(result.text)
     read = (
         "You gather evidence one page at a time. Given question: How many employees did Acme have?"
@@ -371,7 +405,7 @@ def test_name_says_what_it_is_and_usage_counts_what_it_read_and_wrote():
 
 @NEEDS_MINILM
 def test_minilm_name():
-    assert teacher("minilm").name == "docthink-teacher/minilm@1"
+    assert teacher("minilm").name == "docthink-teacher/minilm@2"
 
 
 def test_minilm_without_the_extra_raises_a_clear_error(monkeypatch):

@@ -181,3 +181,25 @@ def test_unanswerable_twins_are_judged_on_every_context_page(served) -> None:
         assert sorted(judged[row["question"]], key=str) == sorted(context, key=str)
         assert row["answer"] == "Not answerable"
         assert row["origin_pages"][0] not in row["context_pages"]
+
+
+def test_the_plan_counts_the_writers_requests_and_images_exactly(served, sample_corpus,
+                                                                  tmp_path: Path) -> None:
+    """`docthink plan questions` with the run's recipe, sending nothing: one writer request per
+    drafted page and seed, with the images the server received; the judge's part is bounded."""
+    corpus, _ = sample_corpus
+    processor = tmp_path / "processor"  # the served names have no built-in image rule
+    processor.mkdir()
+    (processor / "preprocessor_config.json").write_text(json.dumps(
+        {"patch_size": 14, "merge_size": 2, "min_pixels": 3136, "max_pixels": 12845056}))
+    plan = json.loads(docthink("plan", "questions", "--corpus", corpus, "--out", tmp_path / "o",
+                               "--recipe", served["out"].parent / "r.yaml", "--processor",
+                               processor, "--json"))
+    stages = {s["stage"]: s for s in plan["stages"]}
+    writer = served["requests"]["PageQuestions"] + served["requests"]["SeedQuestions"]
+    assert stages["generator"]["requests"] == len(writer)
+    assert stages["generator"]["requests_basis"] == "exact"
+    assert stages["generator"]["images"] == sum(
+        len(images_of(b, served["page_of"])) for b in writer)
+    assert stages["judge"]["requests_basis"] == "estimate"
+    assert stages["judge"]["prompt_tokens"] > 0 and stages["generator"]["prompt_tokens"] > 0

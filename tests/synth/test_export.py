@@ -53,19 +53,29 @@ def test_a_malformed_examples_line_is_named(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize(
-    ("placement", "system", "question", "assistant"),
+    ("placement", "system", "first", "question", "assistant"),
     [
-        ("system", "<cot>", "How many?", "<think>Page 2:\nfour apples</think>\n4"),
-        ("prefix", None, "<cot> How many?", "<think>Page 2:\nfour apples</think>\n4"),
-        ("suffix", None, "How many? <cot>", "<think>Page 2:\nfour apples</think>\n4"),
-        ("none", None, "How many?", "4"),
+        ("system", "<cot>", "Page 1:", "How many?", "<think>Page 2:\nfour apples</think>\n4"),
+        ("prefix", None, "<cot> Page 1:", "How many?", "<think>Page 2:\nfour apples</think>\n4"),
+        ("suffix", None, "Page 1:", "How many? <cot>", "<think>Page 2:\nfour apples</think>\n4"),
+        ("none", None, "Page 1:", "How many?", "4"),
     ],
 )
-def test_control_token_placements(placement, system, question, assistant) -> None:
+def test_control_token_placements(placement, system, first, question, assistant) -> None:
     example = make(placement)
     assert example.system == system
+    assert example.user[0] == TextPart(first) and example.user[1] == IMAGES[0]
     assert example.user[-1] == TextPart(question)
     assert example.assistant == assistant
+    assert sum("<cot>" in p.text for p in example.user if isinstance(p, TextPart)) == (
+        placement in ("prefix", "suffix"))
+
+
+def test_prefix_puts_the_token_before_the_first_page_as_the_reference_does() -> None:
+    """The reference code writes `"<cot> " + user` where the user text starts with the images:
+    without page indices the token is a text part of its own before the first image."""
+    assert make("prefix", page_index=None).user == (
+        TextPart("<cot> "), *IMAGES, TextPart("How many?"))
 
 
 def test_plain_rows_carry_no_token_and_no_trace() -> None:
@@ -105,6 +115,19 @@ def test_trl_export_reads_back_as_messages_and_images(tmp_path: Path) -> None:
     for image in first["images"]:
         assert (tmp_path / "trl" / image).read_bytes() == Path(image).stem.encode()
     assert [m["role"] for m in rows[1]["messages"]] == ["user", "assistant"]
+    assert rows[1]["messages"][0]["content"][0] == {"type": "text", "text": "<cot> Page 1:"}
+    assert [(r["kind"], r["placement"]) for r in rows] == [
+        ("trace", "system"), ("trace", "prefix"), ("trace", "none")]
+
+
+def test_trl_export_tells_a_traceless_row_from_a_plain_row(tmp_path: Path) -> None:
+    """Both have no token and no trace, so only the columns tell them apart."""
+    store = _store(tmp_path)
+    examples = [make("none"), plain_example("p1", IMAGES, "How many?", "4", page_index="Page {i}:")]
+    write_export(examples, "trl", lambda k: store / k.name, tmp_path / "trl")
+    rows = pq.read_table(tmp_path / "trl" / "train.parquet").to_pylist()
+    assert rows[0]["messages"] == rows[1]["messages"]
+    assert [(r["kind"], r["placement"]) for r in rows] == [("trace", "none"), ("plain", "none")]
 
 
 def test_llamafactory_export_has_one_placeholder_per_image(tmp_path: Path) -> None:

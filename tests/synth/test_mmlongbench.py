@@ -39,6 +39,7 @@ def test_trace_invariants_on_real_documents(tmp_path: Path) -> None:
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(
         "trace: {top_k: 4}\n"
+        "answer: {verify: {on_mismatch: flag}}\n"  # the teacher misses most: keep them all
         "export: {placement: {system: 1, prefix: 1, suffix: 1, none: 1}}\n"
     )
     docthink("ingest", pdfs, "--out", tmp_path / "corpus", "--runs-dir", tmp_path / "runs")
@@ -63,13 +64,21 @@ def test_trace_invariants_on_real_documents(tmp_path: Path) -> None:
             assert set(sources) <= set(trace["positions"]), trace["qid"]
     examples = [json.loads(line) for line in (out / "examples.jsonl").open()]
     assert len(examples) == len(traces)
+    # every answer was checked against the row's reference, by the row's answer format
+    verdicts = pq.read_table(out / "verification.parquet").to_pylist()
+    assert sorted(v["qid"] for v in verdicts) == sorted(t["qid"] for t in traces)
+    for v in verdicts:
+        assert (v["reference"], v["answer_format"]) == (raw[int(v["qid"])]["answer"],
+                                                        raw[int(v["qid"])]["answer_format"])
+        assert v["action"] == ("kept" if v["match"] else "flagged")
     for example in examples:
         question = example["user"][-1]
         placement = example["placement"]
         assert (example["system"] == "<cot>") == (placement == "system")
-        assert question.startswith("<cot> ") == (placement == "prefix")
+        assert example["user"][0].startswith("<cot> ") == (placement == "prefix")
         assert question.endswith(" <cot>") == (placement == "suffix")
         assert example["assistant"].startswith("<think>Page ") == (placement != "none")
         n_images = sum(isinstance(p, dict) for p in example["user"])
-        assert example["user"].count("Page 1:") == 1 and f"Page {n_images}:" in example["user"]
+        first = example["user"][0].removeprefix("<cot> ")
+        assert first == "Page 1:" and f"Page {n_images}:" in example["user"]
     assert {e["placement"] for e in examples} == {"system", "prefix", "suffix", "none"}

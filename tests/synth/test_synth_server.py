@@ -161,7 +161,10 @@ def write_recipe(path: Path, url: str, **settings: object) -> Path:
                 "endpoints": [{"base_url": url, "api_key_env": None}],
                 "timeout_s": 20, "max_retries": 1, "backoff_s": 0.001, "max_backoff_s": 0.01}
 
-    recipe = {"models": {stage: model(name) for stage, name in STAGES.items()}, **settings}
+    # the scripted answers match no reference: verification is off unless a test turns it on
+    answer = {"verify": {"method": "none"}, **settings.pop("answer", {})}  # type: ignore[dict-item]
+    recipe = {"models": {stage: model(name) for stage, name in STAGES.items()}, "answer": answer,
+              **settings}
     path.write_text(json.dumps(recipe))  # JSON is YAML
     return path
 
@@ -375,6 +378,128 @@ def _cache_keys(path: Path) -> set[str]:
         return {key for (key,) in db.execute("SELECT key FROM results")}
 
 
+@dataclass
+class WrongOn(Teacher):
+    """The stage models, answering each question with its reference answer written as a model
+    would ("4,812", "14.1"), except the questions in `wrong`, answered with another number."""
+
+    references: dict[str, str] = field(default_factory=dict)  # question text -> reference
+    wrong: set[str] = field(default_factory=set)  # question texts
+
+    def __call__(self, body: dict[str, Any]) -> Action:
+        if "response_format" in body:
+            return self.evidence_reply(body)
+        question = body["messages"][-1]["content"][-1]["text"]
+        reference = self.references[question]
+        value = float(reference) + 7 if question in self.wrong else float(reference)
+        return Reply(f"{value:,.0f}" if "." not in reference else f"{value:.1f}")
+
+
+@pytest.mark.parametrize("rule", ["drop", "flag"])
+def test_answers_that_miss_their_reference_are_dropped_or_flagged_and_counted(
+    sample_corpus, pages, questions, server, tmp_path: Path, rule: str
+) -> None:
+    """The server answers 3 of the 8 questions wrongly: exactly those fail verification by the
+    official rules (the others pass although written "20,954" for 20954), and are dropped (or
+    flagged and kept), counted per answer branch in the data card and the run's metrics. A run
+    in shards of 3 questions writes the same verdicts, drops, examples and card counts."""
+    corpus, questions_path = sample_corpus
+    rows = {r["question"]: r for r in map(json.loads, questions_path.open())}
+    wrong = {q.qid for q in questions.values()} & {"q0001", "q0004", "q0006"}
+    assert len(wrong) == 3
+    server.responder = WrongOn(pages, references={t: r["answer"] for t, r in rows.items()},
+                               wrong={q.text for q in questions.values() if q.qid in wrong})
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=8,
+                          answer={"verify": {"method": "rules", "on_mismatch": rule}})
+    out = tmp_path / "out"
+    docthink(*synth_args(corpus, questions_path, out, recipe), "--registry",
+             tmp_path / "registry.sqlite")
+    sharded = tmp_path / "sharded"
+    docthink(*synth_args(corpus, questions_path, sharded, recipe), "--shard-size", "3",
+             "--registry", tmp_path / "sharded.sqlite")
+    assert len(list((sharded / "shards").glob("*.json"))) == 3
+    for name in ("verification.parquet", "dropped.jsonl", "examples.jsonl", "answers.parquet"):
+        assert (out / name).read_bytes() == (sharded / name).read_bytes(), name
+
+    verdicts = {v["qid"]: v for v in table(out / "verification.parquet")}
+    assert verdicts.keys() == {q.qid for q in questions.values()}
+    assert {qid for qid, v in verdicts.items() if not v["match"]} == wrong
+    assert all(v["method"] == "rules" and v["answer_format"] in ("Int", "Float")
+               for v in verdicts.values())
+    examples = {e["id"] for e in map(json.loads, (out / "examples.jsonl").open())}
+    if rule == "drop":
+        assert dropped(out) == {qid: "verify: answer does not match the reference" for qid in wrong}
+        assert examples == verdicts.keys() - wrong
+    else:
+        assert dropped(out) == {} and examples == verdicts.keys()
+        assert {qid for qid, v in verdicts.items() if v["action"] == "flagged"} == wrong
+
+    branches = {a["qid"]: a["branch"] for a in table(out / "answers.parquet")}
+    for card in ((out / "card.md").read_text(), (sharded / "card.md").read_text()):
+        for branch in ("vision", "text"):
+            ours = [qid for qid, b in branches.items() if b == branch]
+            missed = len(set(ours) & wrong)
+            assert ours, "both branches answer some questions"
+            cells = (len(ours), len(ours) - missed, missed if rule == "drop" else 0,
+                     missed if rule == "flag" else 0, 0)
+            assert f"| {branch} | " + " | ".join(map(str, cells)) + " |" in card
+        flagged = [line.split(" | ")[0].removeprefix("| ") for line in card.splitlines()
+                   if line.startswith("| q0")]
+        assert sorted(flagged) == (sorted(wrong) if rule == "flag" else [])
+    from docthink.runs import Registry
+
+    (record,) = Registry(tmp_path / "registry.sqlite").list(kind="synth")
+    assert record.metrics["verify_mismatches"] == 3
+    assert record.metrics["verify_dropped"] == (3 if rule == "drop" else 0)
+
+
+@dataclass
+class Judged(WrongOn):
+    """WrongOn, also playing the judge: equivalent when the response's number is the reference's;
+    the judge's request for `broken` questions fails."""
+
+    broken: set[str] = field(default_factory=set)  # question texts
+    judged: list[str] = field(default_factory=list)
+
+    def __call__(self, body: dict[str, Any]) -> Action:
+        if body["model"] != "judge-llm":
+            return super().__call__(body)
+        item = body["messages"][1]["content"]
+        question = item.split("\n")[0].removeprefix("Question: ")
+        self.judged.append(question)
+        if question in self.broken:
+            return Error(500, "judge down")
+        reference = item.split("Reference answer: ")[1].split("\n")[0]
+        response = item.split("Response:\n")[1]
+        same = float(response.replace(",", "")) == float(reference)
+        verdict = {"verdict": "equivalent" if same else "not_equivalent", "abstained": False}
+        return Reply(json.dumps(verdict))
+
+
+def test_a_judge_named_in_the_recipe_verifies_instead_of_the_rules(
+    sample_corpus, pages, questions, server, tmp_path: Path
+) -> None:
+    corpus, questions_path = sample_corpus
+    rows = {r["question"]: r for r in map(json.loads, questions_path.open())}
+    by_qid = _by_qid(questions)
+    responder = Judged(pages, references={t: r["answer"] for t, r in rows.items()},
+                       wrong={by_qid["q0002"].text}, broken={by_qid["q0005"].text})
+    server.responder = responder
+    judge = {"kind": "openai", "model": "judge-llm", "max_retries": 0,
+             "endpoints": [{"base_url": server.url, "api_key_env": None}]}
+    recipe = write_recipe(tmp_path / "r.yaml", server.url, concurrency=8,
+                          answer={"verify": {"method": "judge", "judge": judge}})
+    out = tmp_path / "out"
+    docthink(*synth_args(corpus, questions_path, out, recipe))
+    assert sorted(responder.judged) == sorted(q.text for q in questions.values())
+    assert dropped(out) == {"q0002": "verify: answer does not match the reference",
+                            "q0005": "verify: answer not verified: judge failed: http 500: judge "
+                                     "down"}
+    verdicts = {v["qid"]: v for v in table(out / "verification.parquet")}
+    assert {v["method"] for v in verdicts.values()} == {"judge-llm"}
+    assert "Checked by judge-llm." in (out / "card.md").read_text()
+
+
 def files(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes()
             for p in sorted(folder.rglob("*")) if p.is_file() and p.name != "docthink_run.json"}
@@ -499,8 +624,8 @@ def test_killed_driver_resumes_from_committed_shards(
 
     teacher.delay_s = 0.0
     docthink(*synth_args(corpus, questions_path, tmp_path / "straight", recipe))
-    for name in ("evidence.parquet", "traces.parquet", "answers.parquet", "dropped.jsonl",
-                 "examples.jsonl"):
+    for name in ("evidence.parquet", "traces.parquet", "answers.parquet", "verification.parquet",
+                 "dropped.jsonl", "examples.jsonl"):
         assert (out / name).read_bytes() == (tmp_path / "straight" / name).read_bytes(), name
     # the killed attempt's unfinished folder was swept: one marker and one folder per shard
     markers = sorted((out / "shards").glob("*.json"))

@@ -1,5 +1,6 @@
-"""The export read back for training: placements and traces recognised from the messages, bad
-rows named, the mixture cut as the recipe says, pages downscaled."""
+"""The export read back for training: kinds and placements read from the export's columns and
+checked against the messages, bad rows named, old exports refused, the mixture cut as the recipe
+says, pages downscaled."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from docthink.core.vocab import COT
+from docthink.export import trace_example
 from docthink.train.data import (
     ExportError,
     TrainRow,
@@ -27,16 +29,19 @@ from docthink.train.recipe import MixtureSettings
 from tests.train.conftest import examples, page_images, write_trl
 
 
-def test_rows_read_back_with_their_placement_and_trace(export: Path) -> None:
+def test_rows_read_back_with_their_kind_placement_and_trace(export: Path) -> None:
     rows = {r.id: r for r in read_export(export)}
-    assert {i: (r.placement, r.think) for i, r in rows.items()} == {
-        "q-system": ("system", True), "q-prefix": ("prefix", True),
-        "q-suffix": ("suffix", True), "q-none": ("none", False), "plain:q9": ("none", False),
+    assert {i: (r.kind, r.placement, r.think) for i, r in rows.items()} == {
+        "q-system": ("trace", "system", True), "q-prefix": ("trace", "prefix", True),
+        "q-suffix": ("trace", "suffix", True), "q-none": ("trace", "none", False),
+        "plain:q9": ("plain", "none", False),
     }  # fmt: skip
     system = rows["q-system"]
     assert system.messages[0] == {"role": "system", "content": [{"type": "text", "text": COT}]}
     assert system.answer == '<think>Page 2:\n"four ships"</think>\n4'
-    assert rows["q-prefix"].question == f"{COT} How many ships in prefix?"
+    prefix = rows["q-prefix"]
+    assert prefix.messages[-2]["content"][0] == {"type": "text", "text": f"{COT} Page 1:"}
+    assert prefix.question == "How many ships in prefix?"
     assert rows["q-suffix"].question == f"How many ships in suffix? {COT}"
     # images: absolute paths into the export, in the order of the image parts
     user = system.messages[-2]["content"]
@@ -50,7 +55,19 @@ def test_the_token_comes_out_wherever_it_was(export: Path) -> None:
         prompt = without_token(row)
         assert [m["role"] for m in prompt] == ["user"]
         assert COT not in str(prompt)
-        assert prompt[0]["content"][:-1] == list(row.messages[-2]["content"][:-1])
+        assert [p["type"] for p in prompt[0]["content"]] == [
+            p["type"] for p in row.messages[-2]["content"]]
+        assert prompt[0]["content"][0] == {"type": "text", "text": "Page 1:"}
+
+
+def test_the_token_comes_out_when_it_is_a_part_of_its_own(tmp_path: Path) -> None:
+    """Without page indices the prefix token is a text part before the first image."""
+    keys = page_images(tmp_path / "store", 2)
+    row = trace_example("q", keys, "How many?", "t", "4", branch="text", placement="prefix",
+                        page_index=None)
+    (read,) = read_export(write_trl(tmp_path, [row]))
+    assert read.messages[-2]["content"][0] == {"type": "text", "text": f"{COT} "}
+    assert [p["type"] for p in without_token(read)[0]["content"]] == ["image", "image", "text"]
 
 
 def test_stripping_a_trace_keeps_the_answer_only(export: Path) -> None:
@@ -90,6 +107,31 @@ def test_an_unclosed_trace_is_refused(tmp_path: Path) -> None:
         read_export(write_trl(tmp_path, rows))
 
 
+def test_an_export_without_kind_and_placement_columns_is_refused(export: Path) -> None:
+    """Exports made before the columns: a trace-less row and a plain row look the same, so
+    training refuses them in one line naming the command that writes them again."""
+    path = export / "train.parquet"
+    pq.write_table(pq.read_table(path).drop_columns(["kind", "placement"]), path)
+    with pytest.raises(ExportError, match=r"no kind/placement columns.*docthink export"):
+        read_export(export)
+
+
+def test_a_placement_the_messages_do_not_carry_is_refused(export: Path) -> None:
+    def relabel(rows):
+        rows[0]["placement"] = "prefix"  # the q-system row
+
+    _corrupt(export, relabel)
+    with pytest.raises(ExportError, match=r"row 0 \(q-system\): placement 'prefix' but the "
+                                          r"messages carry <cot> as 'system'"):
+        read_export(export)
+
+
+def test_kinds_filter_plain_rows_from_traceless_ones(export: Path) -> None:
+    rows = read_export(export)
+    kept, report = mix(rows, MixtureSettings(kinds=["trace"], placements=["none"]), seed=0)
+    assert [r.id for r in kept] == ["q-none"] and report.dropped_kind == 1
+
+
 def test_not_an_export(tmp_path: Path) -> None:
     with pytest.raises(ExportError, match="no train.parquet"):
         read_export(tmp_path)
@@ -98,8 +140,8 @@ def test_not_an_export(tmp_path: Path) -> None:
 def _rows(n_think: int, n_plain: int) -> list[TrainRow]:
     msgs = ({"role": "user", "content": [{"type": "text", "text": "q"}]},
             {"role": "assistant", "content": [{"type": "text", "text": "a"}]})
-    return ([TrainRow(f"t{i}", msgs, (), "system", True) for i in range(n_think)]
-            + [TrainRow(f"p{i}", msgs, (), "none", False) for i in range(n_plain)])
+    return ([TrainRow(f"t{i}", msgs, (), "trace", "system", True) for i in range(n_think)]
+            + [TrainRow(f"p{i}", msgs, (), "plain", "none", False) for i in range(n_plain)])
 
 
 def test_think_share_drops_the_larger_side_by_seed() -> None:

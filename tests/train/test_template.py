@@ -131,7 +131,8 @@ def test_a_training_batch_keeps_each_placement_and_masks_all_but_the_answer(
         (user,) = [c for r, c in turns if r == "user"]
         (answer,) = [c for r, c in turns if r == "assistant"]
         question = row.question
-        assert user == "Page 1:[page]Page 2:[page]Page 3:[page]" + question or (
+        head = f"{COT} " if row.placement == "prefix" else ""  # the first words of the user turn
+        assert user == head + "Page 1:[page]Page 2:[page]Page 3:[page]" + question or (
             row.id == "plain:q9" and user == "Page 1:[page]Page 2:[page]" + question)
         assert answer == row.answer
         assert (ids == cot_id).sum().item() == (row.placement != "none")
@@ -139,8 +140,8 @@ def test_a_training_batch_keeps_each_placement_and_masks_all_but_the_answer(
             assert system == [COT]
         else:
             assert all(COT not in s for s in system)
-        assert {"prefix": question.startswith(f"{COT} "), "suffix": question.endswith(f" {COT}")}.get(
-            row.placement, COT not in question)
+        assert {"prefix": user.startswith(f"{COT} Page 1:"),
+                "suffix": question.endswith(f" {COT}")}.get(row.placement, COT not in user)
         # loss: exactly the answer and its end-of-turn token (TRL's completion also keeps the
         # newline the template writes after it)
         trained = (labels != -100).nonzero().flatten()

@@ -2,7 +2,7 @@
 and records the run; the work lives in the packages below."""
 
 # Imported for their commands, in the order `docthink --help` lists them.
-from docthink.cli import data, training, evals, serving, registry  # noqa: F401, I001
+from docthink.cli import data, plan, training, evals, serving, registry  # noqa: F401, I001
 from docthink.cli.common import app
 
 __all__ = ["app", "main"]

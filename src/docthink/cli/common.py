@@ -9,7 +9,6 @@ from typing import Annotated, TypeVar
 
 import click
 import typer
-from pydantic import BaseModel
 from rich.console import Console
 from rich.markup import escape
 from typer.core import TyperGroup
@@ -20,7 +19,6 @@ from docthink.recipe import Recipe, commented_yaml, load_recipe
 from docthink.runs import Registry, default_registry_path
 from docthink.stages import Outcome, Stage, run_stage
 
-R = TypeVar("R", bound=BaseModel)
 S = TypeVar("S", bound=Recipe)
 
 console = Console(stderr=True)
@@ -77,6 +75,9 @@ RunsDir = Annotated[
     Path, typer.Option(envvar="DOCTHINK_RUNS_DIR", help="where run folders go")
 ]
 RecipeOpt = Annotated[Path | None, typer.Option(help="recipe YAML (flags override it)")]
+PresetOpt = Annotated[str | None, typer.Option(
+    help="start from a shipped preset (docthink presets list); the recipe file and flags "
+    "override it")]
 SeedOpt = Annotated[int | None, typer.Option(help="seed of every random choice")]
 PrintRecipe = Annotated[
     bool, typer.Option("--print-recipe", help="print the resolved (or default) recipe and exit")
@@ -123,23 +124,26 @@ def _print_or_run(
     runs_dir: Path,
     registry: Path | None,
     note: str = "",
+    preset: str | None = None,
 ) -> None:
     """What a command with `--print-recipe` does: print the resolved recipe, or run the stage."""
     if print_recipe:
-        _print_recipe(stage.recipe, recipe, overrides, placeholders, note)
+        _print_recipe(stage.recipe, recipe, overrides, placeholders, note, preset)
     else:
-        _run(stage, load_recipe(stage.recipe, recipe, overrides), runs_dir, registry)
+        _run(stage, load_recipe(stage.recipe, recipe, overrides, preset=preset), runs_dir,
+             registry)
 
 
 def _print_recipe(
-    cls: type[R],
+    cls: type[S],
     recipe: Path | None,
     overrides: dict[str, object],
     placeholders: dict[str, object],
     note: str = "",
+    preset: str | None = None,
 ) -> None:
     """`--print-recipe`: the resolved recipe, commented; required paths not given on the command
     line show as placeholders."""
-    resolved = load_recipe(cls, recipe, overrides, defaults=placeholders)
+    resolved = load_recipe(cls, recipe, overrides, defaults=placeholders, preset=preset)
     text = commented_yaml(resolved) + (f"\n{note}" if note else "")
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)

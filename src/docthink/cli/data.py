@@ -11,6 +11,7 @@ import typer
 
 from docthink.cli.common import (
     ExecutorOpt,
+    PresetOpt,
     PrintRecipe,
     RayAddressOpt,
     RecipeOpt,
@@ -68,7 +69,8 @@ def samples(
     with (out / "questions.jsonl").open("w", encoding="utf-8") as f:
         for i, fact in enumerate(facts):
             row = {"qid": f"q{i:04d}", "doc_id": fact.doc_id, "question": fact.question,
-                   "source_pages": [fact.page], "answer": fact.answer}
+                   "source_pages": [fact.page], "answer": fact.answer,
+                   "answer_format": fact.answer_format}
             f.write(json.dumps(row) + "\n")
     _say(f"{len(paths)} PDFs in {out / 'pdfs'}, {len(facts)} questions in "
          f"{out / 'questions.jsonl'}; next: docthink ingest {out / 'pdfs'} --out CORPUS "
@@ -81,6 +83,7 @@ def synth(
     questions: Annotated[Path | None, typer.Option(help="questions JSONL/Parquet/samples.json")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder (resumable)")] = None,
     recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
@@ -95,7 +98,7 @@ def synth(
     _print_or_run(STAGES["synth"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"corpus": "CORPUS", "questions": "QUESTIONS.jsonl",
                                 "out": "RUN_DIR"},
-                  runs_dir=runs_dir, registry=registry, note=SYNTH_RECIPE_NOTE)
+                  runs_dir=runs_dir, registry=registry, preset=preset, note=SYNTH_RECIPE_NOTE)
 
 
 SYNTH_RECIPE_NOTE = """\
@@ -159,6 +162,7 @@ def questions(
     corpus: Annotated[Path | None, typer.Option(help="corpus folder")] = None,
     out: Annotated[Path | None, typer.Option("--out", help="output folder")] = None,
     recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
     seed: SeedOpt = None,
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
@@ -173,7 +177,7 @@ def questions(
                  "executor": executor_overrides(executor, ray_address, shard_size)}
     _print_or_run(STAGES["questions"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"corpus": "CORPUS", "out": "RUN_DIR"}, runs_dir=runs_dir,
-                  registry=registry)
+                  registry=registry, preset=preset)
 
 
 @app.command()

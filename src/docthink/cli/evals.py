@@ -9,6 +9,7 @@ import typer
 
 from docthink.cli.common import (
     ExecutorOpt,
+    PresetOpt,
     PrintRecipe,
     RayAddressOpt,
     RecipeOpt,
@@ -73,6 +74,7 @@ def eval_run(
     executor: ExecutorOpt = None,
     ray_address: RayAddressOpt = None,
     shard_size: ShardSizeOpt = None,
+    preset: PresetOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
@@ -93,7 +95,7 @@ def eval_run(
     _print_or_run(STAGES["eval"], recipe, overrides, print_recipe=print_recipe,
                   placeholders={"data": "samples.json", "documents": "DOCUMENTS",
                                 "out": "EVAL_DIR"},
-                  runs_dir=runs_dir, registry=registry)
+                  runs_dir=runs_dir, registry=registry, preset=preset)
 
 
 @eval_app.command("rescore")

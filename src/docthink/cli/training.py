@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from docthink.cli.common import (
+    PresetOpt,
     PrintRecipe,
     RecipeOpt,
     RegistryOpt,
@@ -42,19 +43,23 @@ def merge(
         bool, typer.Option("--extrapolate", help="allow strengths outside [0, 1]")
     ] = False,
     recipe: RecipeOpt = None,
+    preset: PresetOpt = None,
+    print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
 ) -> None:
     """Task arithmetic, streamed: base + alpha * (tuned - base), several alphas in one pass."""
     alphas = _alphas(alpha) if alpha is not None else None
-    outs = out
-    if alphas is not None and out is not None and len(out) == 1 and "{alpha}" in str(out[0]):
-        outs = [Path(str(out[0]).replace("{alpha}", f"{a:g}")) for a in alphas]
     # the two flags only turn their setting on; so may a recipe
-    overrides = {"base": base, "tuned": tuned, "alphas": alphas, "outs": outs,
+    overrides = {"base": base, "tuned": tuned, "alphas": alphas, "outs": out,
                  "shard_size": shard_size, "chunk_bytes": chunk_bytes,
                  "extrapolate": extrapolate or None, "overwrite": overwrite or None}
-    _run(STAGES["merge"], load_recipe(MergeRecipe, recipe, overrides), runs_dir, registry)
+    if print_recipe:
+        placeholders = {"base": "BASE", "tuned": "TUNED", "outs": ["OUT"]}
+        _print_recipe(MergeRecipe, recipe, overrides, placeholders, preset=preset)
+        return
+    _run(STAGES["merge"], load_recipe(MergeRecipe, recipe, overrides, preset=preset), runs_dir,
+         registry)
 
 
 def _alphas(text: str) -> list[float]:
@@ -78,6 +83,7 @@ def train(
     merge_alphas: Annotated[
         str | None, typer.Option("--merge", help="then merge into the starting model: 0.25 or 0.25,0.5")
     ] = None,
+    preset: PresetOpt = None,
     print_recipe: PrintRecipe = False,
     runs_dir: RunsDir = Path("runs"),
     registry: RegistryOpt = None,
@@ -90,13 +96,14 @@ def train(
                  "seed": seed}
     if print_recipe:
         placeholders = {"model": "MODEL", "data": "EXPORT_DIR"}
-        _print_recipe(TrainRecipe, recipe, overrides, placeholders)
+        _print_recipe(TrainRecipe, recipe, overrides, placeholders, preset=preset)
         return
     with needs_extra("train", "docthink train"):
         import torch
 
         import docthink.train.sft  # noqa: F401  (the stage imports it: fail here, before the run)
-    resolved = resolve(load_recipe(TrainRecipe, recipe, overrides), cuda=torch.cuda.is_available())
+    resolved = resolve(load_recipe(TrainRecipe, recipe, overrides, preset=preset),
+                       cuda=torch.cuda.is_available())
     outcome = _run(STAGES["train"], resolved, runs_dir, registry)
     if merge_alphas is not None:
         trained = outcome.outputs[0].path

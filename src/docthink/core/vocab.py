@@ -16,3 +16,6 @@ NOT_ANSWERABLE = "Not answerable"
 # Where an SFT example puts <cot>: a system message that is exactly <cot>, a prefix or suffix of
 # the user turn, or nowhere (then the example has no trace either).
 Placement = Literal["system", "prefix", "suffix", "none"]
+# What an SFT example is: a question with a reasoning trace (whatever its placement), or plain
+# long-document QA (no trace, no token).
+ExampleKind = Literal["trace", "plain"]

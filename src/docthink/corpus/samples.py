@@ -27,6 +27,11 @@ class PlantedFact:
     question: str
     answer: str  # the bare value, e.g. "4812"
 
+    @property
+    def answer_format(self) -> str:
+        """MMLongBench-Doc's format of the answer: Int, or Float for a decimal."""
+        return "Float" if "." in self.answer else "Int"
+
 
 # fmt: off
 _NAMES = (

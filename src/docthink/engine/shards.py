@@ -180,10 +180,12 @@ def sum_counts(parts: Iterable[Mapping[str, Any]]) -> dict[str, Any]:
 # -- parts --------------------------------------------------------------------------------------
 
 
-def write_part(rows: Sequence[Mapping[str, object]], path: Path) -> None:
-    """A part as Parquet; a part without rows is not written (it has no schema to give)."""
+def write_part(rows: Sequence[Mapping[str, object]], path: Path,
+               schema: pa.Schema | None = None) -> None:
+    """A part as Parquet, typed by `schema` or by inference from its rows; a part without rows
+    is not written (the merged table takes its schema from the other parts, or `schema`)."""
     if rows:
-        pq.write_table(pa.Table.from_pylist(list(rows)), path)
+        pq.write_table(pa.Table.from_pylist(list(rows), schema=schema), path)
 
 
 def write_lines(lines: Iterable[str], path: Path) -> None:
@@ -216,18 +218,19 @@ def _replacing(dest: Path) -> Path:
     return dest.with_name(dest.name + ".tmp")
 
 
-def _empty(dest: Path) -> int:
-    pq.write_table(pa.Table.from_pylist([]), _replacing(dest))
+def _empty(dest: Path, schema: pa.Schema | None = None) -> int:
+    pq.write_table(pa.Table.from_pylist([], schema=schema), _replacing(dest))
     os.replace(_replacing(dest), dest)
     return 0
 
 
-def write_concatenated(paths: Sequence[Path], dest: Path) -> int:
-    """The parts (those that exist) one after the other, as one table; its row count."""
+def write_concatenated(paths: Sequence[Path], dest: Path, schema: pa.Schema | None = None) -> int:
+    """The parts (those that exist) one after the other, as one table typed by `schema` or by
+    what the parts hold; its row count."""
     present = [p for p in paths if p.exists()]
     if not present:
-        return _empty(dest)
-    schema = _schema(present)
+        return _empty(dest, schema)
+    schema = schema or _schema(present)
     rows = 0
     with pq.ParquetWriter(_replacing(dest), schema) as writer:
         pending: list[pa.Table] = []

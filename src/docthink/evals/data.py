@@ -2,6 +2,10 @@
 layout, the TSV layout used for MMLBD-C, and MMLongBench-Doc-V2 (`samples.json` with its
 `question_types.json` beside it), all read into one typed row model.
 
+The TSV layout (VLMEvalKit's, which MMLBD-C keeps) carries the documents too: its `image` column
+holds each row's PDF in base64, or, to save space, the `index` of an earlier row holding the same
+PDF (a value of at most 64 characters). `tsv_documents` writes those PDFs out for ingestion.
+
 Validated here, once: a bad row is an error naming the file, the row and the field. Rows are keyed
 by their index (the position in the file, or the TSV's `index` column): `(doc_id, question)` is not
 unique. Every load records the file's sha256, so a report says exactly which data it scored.
@@ -10,6 +14,8 @@ unique. Every load records the file's sha256, so a report says exactly which dat
 from __future__ import annotations
 
 import ast
+import base64
+import binascii
 import csv
 import json
 import sys
@@ -193,6 +199,69 @@ def _tsv_rows(path: Path) -> Iterator[tuple[int, dict[str, object]]]:
             except ValueError:
                 raise DataError(f"{path}: row {number}: index {row['index']!r} is not an int") from None
             yield number, {k: row[k] for k in ("index", *FIELDS)} | {"index": index}
+
+
+TSV_DOCUMENTS = "image"  # the column of a TSV that holds each row's PDF
+_REFERENCE_CHARS = 64  # VLMEvalKit: a shorter value names the row that holds the data
+
+
+def tsv_carries_documents(path: Path) -> bool:
+    """Whether `path` is a TSV with the documents in its `image` column."""
+    if path.suffix.lower() not in (".tsv", ".tab"):
+        return False
+    with path.open(encoding="utf-8", newline="") as f:
+        return TSV_DOCUMENTS in (csv.DictReader(f, delimiter="\t").fieldnames or [])
+
+
+def tsv_documents(path: Path, folder: Path) -> list[str]:
+    """Decode the PDFs of a TSV's `image` column into `folder/<doc_id>` (a file already there
+    with the same bytes is left alone, so a rerun writes nothing); the doc_ids written, sorted.
+    A value that is not base64, that names a row without data, or two PDFs for one doc_id are
+    errors naming the row."""
+    csv.field_size_limit(sys.maxsize)
+    by_index: dict[str, str] = {}  # index -> base64, for rows holding the data
+    references: list[tuple[int, str, str]] = []  # (row, doc_id, index referred to)
+    pdfs: dict[str, bytes] = {}
+    with path.open(encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        if TSV_DOCUMENTS not in (reader.fieldnames or []):
+            raise DataError(f"{path}: no {TSV_DOCUMENTS} column, so no documents (give a PDF "
+                            "folder or a corpus)")
+        for number, row in enumerate(reader, start=1):
+            value, doc_id = row[TSV_DOCUMENTS].strip(), row["doc_id"]
+            if Path(doc_id).is_absolute() or ".." in Path(doc_id).parts:
+                raise DataError(f"{path}: row {number}: doc_id {doc_id!r} is not a relative path")
+            if len(value) <= _REFERENCE_CHARS:
+                references.append((number, doc_id, value))
+                continue
+            by_index[row["index"]] = value
+            if doc_id not in pdfs:
+                pdfs[doc_id] = _decoded(path, number, value)
+    for number, doc_id, index in references:
+        if index not in by_index:
+            raise DataError(f"{path}: row {number}: {TSV_DOCUMENTS} {index!r} names no row "
+                            "holding a document")
+        if doc_id not in pdfs:
+            pdfs[doc_id] = _decoded(path, number, by_index[index])
+    for doc_id, data in pdfs.items():
+        target = folder / doc_id
+        if target.is_file() and target.read_bytes() == data:
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        partial = target.with_name(target.name + ".partial")
+        partial.write_bytes(data)
+        partial.replace(target)
+    return sorted(pdfs)
+
+
+def _decoded(path: Path, number: int, value: str) -> bytes:
+    try:
+        data = base64.b64decode(value, validate=True)
+    except binascii.Error as exc:
+        raise DataError(f"{path}: row {number}: {TSV_DOCUMENTS} is not base64: {exc}") from None
+    if not data.startswith(b"%PDF"):
+        raise DataError(f"{path}: row {number}: {TSV_DOCUMENTS} does not decode to a PDF")
+    return data
 
 
 def _validated(path: Path, raw: Iterable[tuple[int, dict[str, object]]]) -> list[BenchRow]:

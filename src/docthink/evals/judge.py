@@ -23,7 +23,6 @@ from pathlib import Path
 from typing import cast
 
 from docthink.engine.local import run_requests
-from docthink.evals.data import BenchRow
 from docthink.evals.metrics import Answer, Scored
 from docthink.evals.prompt import PROMPT_DIR, JudgeRecord, PromptFile
 from docthink.models.base import (
@@ -43,9 +42,10 @@ from docthink.progress import progress
 DEFAULT_JUDGE_PROMPT = PROMPT_DIR / "judge_v2.txt"
 
 
-def judge_request(prompt: PromptFile, row: BenchRow, response: str, max_tokens: int) -> ChatRequest:
-    item = (f"Question: {row.question}\nReference answer: {row.answer}\n"
-            f"Answer format: {row.answer_format}\nResponse:\n{response}")
+def judge_request(prompt: PromptFile, question: str, reference: str, answer_format: str,
+                  response: str, max_tokens: int) -> ChatRequest:
+    item = (f"Question: {question}\nReference answer: {reference}\n"
+            f"Answer format: {answer_format}\nResponse:\n{response}")
     return ChatRequest(
         messages=(Message.text("system", prompt.text), Message.text("user", item)),
         response_model=JudgeVerdict,
@@ -87,7 +87,8 @@ class JudgeMetric:
         return self.judge.usage
 
     async def score_all(self, answers: Sequence[Answer]) -> list[Scored]:
-        asked = {i: judge_request(self.prompt, a.row, a.response, self.max_tokens)
+        asked = {i: judge_request(self.prompt, a.row.question, a.row.answer, a.row.answer_format,
+                                  a.response, self.max_tokens)
                  for i, a in enumerate(answers) if a.response is not None}
         with progress("judge", len(asked), self.show_progress) as bar:
             outcomes = await run_requests(self.judge, list(asked.values()),

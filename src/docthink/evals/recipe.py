@@ -62,8 +62,8 @@ class InferenceSettings(Recipe):
     )
     cot_placement: Literal["system", "prefix", "suffix"] = Field(
         "system", description="where <cot> goes, as in training data: a system message that is "
-        "exactly <cot> (after the system prompt, on its own line, when one is set), or a prefix "
-        "or suffix of the question"
+        "exactly <cot> (after the system prompt, on its own line, when one is set), the first "
+        "words of the user turn (before the first page), or the last words of the question"
     )
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=1)
@@ -119,11 +119,15 @@ class ScoringSettings(Recipe):
 
 
 class EvalRecipe(Recipe):
+    preset_section = "eval"
+
     benchmark: BenchmarkName = Field("mmlongbench-doc", description=BENCHMARK_HELP)
     data: Path = Field(description="samples.json, the Hugging Face Parquet or an MMLBD-C TSV; "
                        "for mmlongbench-v2 its samples.json")
     documents: Path | None = Field(
-        None, description="folder of the benchmark's PDFs (a corpus is built under out/corpus)"
+        None, description="folder of the benchmark's PDFs (a corpus is built under out/corpus); "
+        "null with no corpus: the PDFs the data carries (an MMLBD-C TSV's base64 image column, "
+        "decoded into out/documents)"
     )
     corpus: Path | None = Field(None, description="an existing corpus instead of documents")
     out: Path = Field(
@@ -143,8 +147,8 @@ class EvalRecipe(Recipe):
 
     @model_validator(mode="after")
     def _one_source(self) -> EvalRecipe:
-        if (self.documents is None) == (self.corpus is None):
-            raise ValueError("give exactly one of documents (a PDF folder) or corpus")
+        if self.documents is not None and self.corpus is not None:
+            raise ValueError("give one of documents (a PDF folder) or corpus, not both")
         return self
 
 

@@ -51,7 +51,16 @@ from docthink.evals.benchmarks import (
     scoring_from_json,
 )
 from docthink.evals.compare import compare_with_v1
-from docthink.evals.data import Benchmark, BenchRow, Selection, load_benchmark, select_rows
+from docthink.evals.data import (
+    Benchmark,
+    BenchRow,
+    DataError,
+    Selection,
+    load_benchmark,
+    select_rows,
+    tsv_carries_documents,
+    tsv_documents,
+)
 from docthink.evals.extract import (
     DEFAULT_PROMPT,
     Extraction,
@@ -150,11 +159,21 @@ def _select(recipe: EvalRecipe, benchmark: Benchmark, show_progress: bool) -> tu
         corpus = Corpus.open(recipe.corpus)
         unavailable = {d: why for d in doc_ids if (why := _unusable(corpus, d)) is not None}
         return corpus, select_rows(benchmark, unavailable=unavailable, **options)
-    documents = recipe.documents
-    assert documents is not None  # the recipe validates that one of the two is given
+    documents = recipe.documents or _carried(recipe)
     missing = {d: "pdf missing" for d in doc_ids if not (documents / d).is_file()}
     selection = select_rows(benchmark, unavailable=missing, **options)
     return _ingested(recipe, documents, {r.doc_id for r in selection.rows}, show_progress), selection
+
+
+def _carried(recipe: EvalRecipe) -> Path:
+    """The folder of the PDFs the data file carries (an MMLBD-C TSV), decoded into the run's
+    folder; data without documents is refused in one line."""
+    if not tsv_carries_documents(recipe.data):
+        raise DataError(f"{recipe.data}: the data carries no documents (only an MMLBD-C TSV "
+                        "with its image column does); give --documents or --corpus")
+    folder = recipe.out / "documents"
+    tsv_documents(recipe.data, folder)
+    return folder
 
 
 def _unusable(corpus: Corpus, doc_id: str) -> str | None:
@@ -238,9 +257,7 @@ def answer_request(question: str, mode: Mode, images: Sequence[ImagePart],
     """The page images (each after its `Page N:` line when set) and the question; in cot mode
     the `<cot>` token where training put it (see `docthink.export`)."""
     cot = mode == "cot"
-    if cot and settings.cot_placement == "prefix":
-        question = f"{COT} {question}"
-    elif cot and settings.cot_placement == "suffix":
+    if cot and settings.cot_placement == "suffix":
         question = f"{question} {COT}"
     pages: list[TextPart | ImagePart] = []
     for i, image in enumerate(images, start=1):
@@ -248,6 +265,10 @@ def answer_request(question: str, mode: Mode, images: Sequence[ImagePart],
             pages.append(TextPart(settings.page_index.format(i=i)))
         pages.append(image)
     parts = [TextPart(question), *pages] if settings.question_first else [*pages, TextPart(question)]
+    if cot and settings.cot_placement == "prefix":  # the first words of the user turn
+        first = parts[0]
+        parts = ([TextPart(f"{COT} {first.text}"), *parts[1:]] if isinstance(first, TextPart)
+                 else [TextPart(f"{COT} "), *parts])
     system_lines = [s for s in (settings.system, COT if cot and settings.cot_placement == "system"
                                 else None) if s is not None]
     system = (Message.text("system", "\n".join(system_lines)),) if system_lines else ()

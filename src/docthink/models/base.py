@@ -11,9 +11,10 @@ Conventions every backend relies on:
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cache
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import orjson
 from pydantic import BaseModel
@@ -162,6 +163,11 @@ class UsageMeter:
         self.completion_tokens += error.usage.completion_tokens
         kind = error.reason.split(":", 1)[0]
         self.failure_reasons[kind] = self.failure_reasons.get(kind, 0) + 1
+
+    @classmethod
+    def of(cls, counts: Mapping[str, Any]) -> UsageMeter:
+        """A meter from what `as_dict` gave (such as its sum over a run's shards)."""
+        return cls(**counts)
 
     def as_dict(self) -> dict[str, object]:
         return {

@@ -27,18 +27,25 @@ Evidence (`response_model=EvidenceReply`), for question terms Q with weights w(t
 
 Answers (no `response_model`, or `ShortAnswer`): the context is the page text of every image part
 (the vision branch) plus every user text part before the question (the text branch: a `Page {i}:`
-trace);
-idf is computed over the context's units. The best unit maximises lex = 0.5 * cov(unit) +
-0.5 * cov(its window) (minilm: 0.5 * lex + 0.5 * unit sem), ties broken by BM25, then position. If
-that window covers under 0.3 of the question's idf weight, the answer is `Not answerable`, in both
-modes: MiniLM's cosine follows shared names more than the fact asked for, so it never vouches for an
-answer alone. Then: a numeric question (how many/much, percentage, year, "in int format",
-...) gets the number of that unit (else of its window) nearest to the matched question terms,
-skipping numbers the question states and preferring the kind asked for (a year, a percentage, else
-not a year); a yes/no question gets Yes/No only if the unit alone covers
-the whole question (No when exactly one of question and unit is negated), else the unit; a "who"
-question gets the nearest run of capitalised words not in the question; anything else gets the unit
-(at most 40 words around the matched terms).
+trace); idf is computed over the context's units.
+- A question made of numbered parts, "... (1) <question> (2) <question>", is answered part by part
+  over the same context: the sum of the parts' numbers when the lead-in asks for a sum, else the
+  parts' answers as a Python list literal in order; `Not answerable` if any part is.
+- A cloze question (a quoted statement with a `___` blank) is answered by aligning the statement's
+  words around the blank (up to 5 on each side) with a unit of the context: the words in the
+  blank's place. A statement found nowhere is `Not answerable`: the fact is not in the context.
+- Otherwise the best unit maximises lex = 0.5 * cov(unit) + 0.5 * cov(its window) (minilm:
+  0.5 * lex + 0.5 * unit sem), ties broken by BM25, then position. If that window covers under 0.3
+  of the question's idf weight, the answer is `Not answerable`, in both modes: MiniLM's cosine
+  follows shared names more than the fact asked for, so it never vouches for an answer alone.
+  Then: a numeric question (how many/much, percentage, year, "in int format", ...) that names a
+  year, over a table row (a label, then k numbers) below a header line ending in k years that
+  include it, gets the row's cell in that year's column; else the number of the unit (else of its
+  window) nearest to the matched question terms, skipping numbers the question states and
+  preferring the kind asked for (a year, a percentage, else not a year); a yes/no question gets
+  Yes/No only if the unit alone covers the whole question (No when exactly one of question and
+  unit is negated), else the unit; a "who" question gets the nearest run of capitalised words not
+  in the question; anything else gets the unit (at most 40 words around the matched terms).
 
 Usage is counted in whitespace-separated tokens: prompt_tokens = the request's text parts plus the
 text layer read for each image part; completion_tokens = the returned text (the JSON for structured
@@ -56,6 +63,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
+from decimal import Decimal
 from functools import lru_cache
 from typing import Protocol
 
@@ -106,7 +114,7 @@ _STOPWORD_TEXT = """
     what when where which while who whom whose why will with would you your yours yourself
     yourselves according document documents report reports page pages question given mention
     mentioned show shown shows provided described listed stated many much among based please
-    tell list
+    tell list table
 """
 _STOPWORDS = frozenset(_STOPWORD_TEXT.split())
 _NEGATIONS = frozenset({"no", "not", "never", "none", "nor", "neither", "cannot"})
@@ -382,6 +390,120 @@ def span_answer(unit: Unit, weights: dict[str, float]) -> str:
     return " ".join(words[start : start + SPAN_WORDS])
 
 
+_PART = re.compile(r"\((\d)\)\s*")
+_SUM_LEAD = re.compile(r"\bsum\b", re.IGNORECASE)
+
+
+def numbered_parts(question: str) -> tuple[str, list[str]] | None:
+    """(lead-in, parts) of "lead (1) first (2) second ...", parts numbered 1, 2, ... in order;
+    None for a question without two such parts."""
+    marks = list(_PART.finditer(question))
+    numbers = [int(m.group(1)) for m in marks]
+    if len(marks) < 2 or numbers != list(range(1, len(marks) + 1)):
+        return None
+    ends = [m.start() for m in marks[1:]] + [len(question)]
+    parts = [question[m.end() : end].strip() for m, end in zip(marks, ends, strict=True)]
+    return question[: marks[0].start()].strip(), parts
+
+
+def _value(answer: str) -> Decimal | None:
+    match = _NUMBER.search(answer)
+    return None if match is None else Decimal(_number_value(match.group()) or "0")
+
+
+def combine_parts(lead: str, answers: Sequence[str]) -> str:
+    """The parts' answers as the lead-in asks: their sum, or a list in order."""
+    if NOT_ANSWERABLE in answers:
+        return NOT_ANSWERABLE
+    if _SUM_LEAD.search(lead):
+        values = [_value(a) for a in answers]
+        if any(v is None for v in values):
+            return NOT_ANSWERABLE
+        return format(sum(v for v in values if v is not None), "f")
+    return repr(list(answers))
+
+
+_CLOZE = re.compile(r"[\"“](?P<statement>[^\"”]*___[^\"”]*)[\"”]")
+CLOZE_WORDS = 5  # words of the statement matched on each side of the blank
+_BLANK_WORDS = 12  # the most words a blank can stand for
+
+
+def cloze(question: str) -> tuple[list[str], list[str]] | None:
+    """The words left and right of the blank of a quoted statement with one `___`."""
+    match = _CLOZE.search(question)
+    if match is None or match.group("statement").count("___") != 1:
+        return None
+    left, right = match.group("statement").split("___")
+    return left.split()[-CLOZE_WORDS:], right.split()[:CLOZE_WORDS]
+
+
+def fill_blank(blank: tuple[list[str], list[str]], units: Sequence[Unit]) -> str | None:
+    """The words that stand in the blank's place in the first unit the statement aligns with."""
+    left, right = blank
+    gap = r"(?P<fill>\S+(?:\s+\S+){0,%d}?)" % (_BLANK_WORDS - 1)
+    pattern = re.compile(
+        (r"(?:^|(?<=\s))" if not left else r"\s+".join(map(re.escape, left)) + r"\s+")
+        + gap
+        + (r"(?=\s|$)" if not right else r"\s*" + r"\s+".join(map(re.escape, right)))
+    )
+    for unit in units:
+        match = pattern.search(unit.text)
+        if match is not None:
+            return match.group("fill").strip(" ,;:")
+    return None
+
+
+_YEAR = re.compile(r"\b(?:19|20)\d\d\b")
+_CELL = re.compile(r"\(?[$€£]?\d[\d,]*(?:\.\d+)?\)?%?")
+
+
+def _trailing(tokens: Sequence[str], pattern: re.Pattern[str]) -> int:
+    """How many of the last tokens match `pattern`."""
+    n = 0
+    for token in reversed(tokens):
+        if not pattern.fullmatch(token):
+            break
+        n += 1
+    return n
+
+
+def table_cell(
+    question: str, units: Sequence[Unit], best: int, weights: dict[str, float]
+) -> str | None:
+    """The cell of a table row in the column of the year the question names. The row is `best`
+    when it ends in k numbers under a header line (the nearest line above ending in years) of k
+    years; when `best` is that header, the row below it that covers most of the question."""
+    asked = _YEAR.findall(question)
+    if not asked:
+        return None
+    tokens = [u.text.split() for u in units]
+    if _trailing(tokens[best], _YEAR) >= 2:
+        header = best
+        width = _trailing(tokens[header], _YEAR)
+        rows = []
+        for i in range(header + 1, len(units)):
+            if _trailing(tokens[i], _YEAR) >= 2 or _trailing(tokens[i], _CELL) != width:
+                break
+            rows.append(i)
+        if not rows:
+            return None
+        row = max(rows, key=lambda i: (coverage(weights, set(units[i].terms)), -i))
+    else:
+        row = best
+        above = [i for i in range(best) if _trailing(tokens[i], _YEAR) >= 2]
+        if not above:
+            return None
+        header = above[-1]
+    columns = tokens[header][-_trailing(tokens[header], _YEAR):]
+    cells = _trailing(tokens[row], _CELL)
+    if cells != len(columns) or cells == len(tokens[row]):
+        return None
+    year = next((y for y in asked if y in columns), None)
+    if year is None:
+        return None
+    return tokens[row][len(tokens[row]) - cells + columns.index(year)]
+
+
 # -- the model ----------------------------------------------------------------------------------
 
 
@@ -390,7 +512,7 @@ def _whitespace_tokens(text: str) -> int:
 
 
 # Part of the model name, so of every cache key: bump it when an output can change.
-TEACHER_VERSION = 1
+TEACHER_VERSION = 2
 
 
 class ExtractiveTeacher:
@@ -549,10 +671,21 @@ class ExtractiveTeacher:
         ][:-1]
         read = self._prompt_tokens(request, page_texts)
         groups = [split_units(text) for text in [*page_texts, *user_texts]]
-        units = [u for g in groups for u in g]
-        if not units:
+        if not any(groups):
             return NOT_ANSWERABLE, read
+        parts = numbered_parts(question)
+        if parts is None:
+            return await self._respond(question, groups), read
+        lead, questions = parts
+        answers = [await self._respond(q, groups) for q in questions]
+        return combine_parts(lead, answers), read
 
+    async def _respond(self, question: str, groups: Sequence[tuple[Unit, ...]]) -> str:
+        """The answer to one question over the context's units (grouped by page or trace)."""
+        units = [u for g in groups for u in g]
+        blank = cloze(question)
+        if blank is not None:
+            return fill_blank(blank, units) or NOT_ANSWERABLE
         idf = Idf.over([set(u.terms) for u in units])
         weights = {t: idf(t) for t in terms(question)}
         windows = [w for g in groups for w in window_coverages(weights, g)]  # within a page
@@ -572,14 +705,14 @@ class ExtractiveTeacher:
             key=lambda i: (primary[i], bm25(weights, units[i], avg_len), -i),
         )
         if windows[best] < ANSWERABLE_COVERAGE:
-            return NOT_ANSWERABLE, read
+            return NOT_ANSWERABLE
         first = 0  # the best unit's page (or trace): its neighbours never cross into another
         for g in groups:
             if first + len(g) > best:
                 break
             first += len(g)
         page = units[first : first + len(g)]
-        return self._extract(question, page, best - first, weights, unit_cov[best]), read
+        return self._extract(question, page, best - first, weights, unit_cov[best])
 
     @staticmethod
     def _extract(
@@ -591,6 +724,9 @@ class ExtractiveTeacher:
     ) -> str:
         unit = units[best]
         q = question.strip()
+        cell = table_cell(q, units, best, weights)
+        if cell is not None:
+            return cell
         if _NUMERIC_QUESTION.search(q) or _YEAR_QUESTION.search(q):
             # The unit itself, else its window neighbours (a table row's header line); a number
             # of the kind asked for first, else any.

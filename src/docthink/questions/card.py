@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from docthink.cards import bar_chart, count_table, usage_table
+from docthink.plan.bill import Plan, beside_lines
 from docthink.questions.job import QuestionsSummary
 from docthink.questions.recipe import ContextSettings
 from docthink.questions.tasks import TasksResult
@@ -62,8 +63,10 @@ def write_questions_card(
     out: Path,
     *,
     recipe_hash: str,
+    plan: Plan | None = None,
 ) -> Path:
-    """The card of a run, from the counts added up over its shards (no row is read again)."""
+    """The card of a run, from the counts added up over its shards (no row is read again); with
+    the plan `docthink plan questions` left in the folder, planned beside actual."""
     counts, totals, result, usage = summary.counts, summary.card, summary.indexed, summary.usage
     lengths = {kind: [int(n) for n, times in sorted(by_length.items(), key=lambda kv: int(kv[0]))
                       for _ in range(times)]
@@ -107,6 +110,11 @@ def write_questions_card(
         "## Requests",
         "",
         *usage_table(usage, "model"),
+        "",
+        "## Planned beside actual",
+        "",
+        *(beside_lines(plan, summary.meters(), recipe_hash) if plan is not None else
+          ["No plan: `docthink plan questions` with this recipe writes one into the run folder."]),
         "",
     ]
     path = out / "card.md"

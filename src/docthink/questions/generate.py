@@ -267,17 +267,17 @@ def _keep(seed: int, qid: str, drafts: Sequence[Draft]) -> Draft:
     return drafts[int(uniform(seed, qid, "keep") * len(drafts))]
 
 
-def _single_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: DocumentQuestions
+def single_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], dropped: list[Dropped]
 ) -> list[tuple[str, PageRef, Spec]]:
+    """(qid, page, spec) of every page the writer drafts from; weak pages go to `dropped`."""
     settings = recipe.single_page
     items = []
     for doc_id in doc_ids:
         pages = []
         for ref in corpus.document(doc_id).pages():
             if page_words(corpus.page_text(ref)) < settings.min_words:
-                weak = Dropped(f"single:{ref}", "single", "weak page: too little text")
-                result.dropped.append(weak)
+                dropped.append(Dropped(f"single:{ref}", "single", "weak page: too little text"))
             else:
                 pages.append(ref)
         if settings.max_per_document is not None:
@@ -290,9 +290,10 @@ def _single_items(
     return items
 
 
-def _seed_items(
-    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], result: DocumentQuestions
+def seed_items(
+    recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[str], dropped: list[Dropped]
 ) -> list[tuple[str, tuple[PageRef, ...], Spec]]:
+    """(qid, seed pages, spec) of every multi-page seed; weak seeds go to `dropped`."""
     settings = recipe.multi_page
     items = []
     for doc_id in doc_ids:
@@ -308,7 +309,7 @@ def _seed_items(
             pages = tuple(PageRef(doc_id, p) for p in range(start, start + length))
             strong = sum(page_words(corpus.page_text(r)) >= settings.min_words for r in pages)
             if strong < 2:
-                result.dropped.append(Dropped(qid, "multi", "weak seed: under two pages with text"))
+                dropped.append(Dropped(qid, "multi", "weak seed: under two pages with text"))
                 continue
             items.append((qid, pages, sample_spec(recipe.seed, qid, recipe.single_page.spec)))
     return items
@@ -469,8 +470,9 @@ def question_items(recipe: QuestionsRecipe, corpus: Corpus, doc_ids: Sequence[st
                    result: DocumentQuestions
                    ) -> tuple[list[tuple[str, PageRef, Spec]], list[tuple[str, tuple[PageRef, ...], Spec]]]:
     """What the writer is asked for these documents: single pages and multi-page seeds."""
-    singles = _single_items(recipe, corpus, doc_ids, result) if recipe.single_page.enabled else []
-    seeds = _seed_items(recipe, corpus, doc_ids, result) if recipe.multi_page.enabled else []
+    singles = (single_items(recipe, corpus, doc_ids, result.dropped)
+               if recipe.single_page.enabled else [])
+    seeds = seed_items(recipe, corpus, doc_ids, result.dropped) if recipe.multi_page.enabled else []
     return singles, seeds
 
 
@@ -543,5 +545,3 @@ def write_index(indexed: Indexed, out: Path) -> None:
         "similarity_gap": indexed.gap.as_dict(),
     }
     (folder / "index.json").write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-
-

@@ -133,6 +133,10 @@ class QuestionsSummary:
     shards: dict[str, int]
     path: Path  # questions.jsonl
 
+    def meters(self) -> dict[str, UsageMeter]:
+        """Per role, summed over every shard: what a plan of the run is set beside."""
+        return {role: UsageMeter.of(u) for role, u in self.card["usage"].items()}
+
 
 def make_questions(recipe: QuestionsRecipe, log: logging.Logger,
                    show_progress: bool) -> QuestionsSummary:

@@ -201,6 +201,8 @@ class ContextSettings(Recipe):
 
 
 class QuestionsRecipe(Recipe):
+    preset_section = "questions"
+
     corpus: Path = Field(description="corpus folder made by `docthink ingest`")
     out: Path = Field(description="output folder: questions.jsonl, index, data card, cache")
     seed: int = Field(0, description="every random choice derives from (seed, row id, purpose)")

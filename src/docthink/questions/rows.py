@@ -1,6 +1,6 @@
-"""Questions in: JSONL or Parquet rows `{qid, doc_id, question, source_pages, context_pages?}`,
-or MMLongBench-Doc's `samples.json` through a small adapter. Validated here, once; a bad row is an
-error naming the file, the row and the field."""
+"""Questions in: JSONL or Parquet rows `{qid, doc_id, question, source_pages, context_pages?,
+answer?, answer_format?}`, or MMLongBench-Doc's `samples.json` through a small adapter.
+Validated here, once; a bad row is an error naming the file, the row and the field."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from docthink.core.errors import UserError
 from docthink.core.parts import PageRef
 from docthink.corpus.corpus import Corpus
+from docthink.evals.scoring import AnswerFormat
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,7 @@ class Question:
     source: tuple[PageRef, ...]  # the pages the question was written from
     context: tuple[PageRef, ...]  # the long page list the student sees; contains `source`
     answer: str | None = None  # a reference answer, when the input has one (kept, never trained on)
+    answer_format: AnswerFormat | None = None  # the reference's format, when the input says
 
     def position(self, page: PageRef) -> int:
         """1-based position of `page` in the context: the `i` of `Page {i}:`."""
@@ -58,6 +60,7 @@ class QuestionRow(BaseModel):
     source_pages: list[PageSpec]
     context_pages: list[PageSpec] | None = None
     answer: str | None = None
+    answer_format: AnswerFormat | None = None  # MMLongBench-Doc's: Int, Float, Str, List, None
 
     @field_validator("qid", mode="before")
     @classmethod
@@ -129,7 +132,8 @@ def mmlongbench_rows(path: Path) -> list[QuestionRow]:
 
     return [
         QuestionRow(qid=str(row.index), doc_id=row.doc_id, question=row.question,
-                    source_pages=list(row.evidence_pages), answer=row.answer)
+                    source_pages=list(row.evidence_pages), answer=row.answer,
+                    answer_format=row.answer_format)
         for row in load_benchmark(path).rows
     ]
 
@@ -196,4 +200,5 @@ def resolve_row(row: QuestionRow, n_pages: Mapping[str, int], source: Path) -> Q
         raise QuestionsError(f"{source}: qid {row.qid}: context_pages repeats a page")
     if not set(src) <= set(context):
         raise QuestionsError(f"{source}: qid {row.qid}: a source page is not in context_pages")
-    return Question(row.qid, row.doc_id, row.question, src, context, row.answer)
+    return Question(row.qid, row.doc_id, row.question, src, context, row.answer,
+                    row.answer_format)

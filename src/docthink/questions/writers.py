@@ -174,6 +174,40 @@ class ExtractiveWriter:
         return outcomes
 
 
+def single_request(image: ImagePart, spec: Spec, *, temperature: float,
+                   max_tokens: int) -> ChatRequest:
+    """The writer's request for questions about one page."""
+    return ChatRequest(
+        messages=(
+            Message.text("system", PROMPTS["single_system"].text),
+            Message("user", (image, TextPart(spec.text()))),
+        ),
+        response_model=PageQuestions,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        purpose="question-single",
+    )
+
+
+def multi_request(images: Sequence[ImagePart], spec: Spec, *, temperature: float,
+                  max_tokens: int) -> ChatRequest:
+    """The writer's request for questions that need several pages of a seed."""
+    parts: list[TextPart | ImagePart] = []
+    for i, image in enumerate(images, start=1):
+        parts += [TextPart(f"Page {i}:"), image]
+    parts.append(TextPart(spec.text()))
+    return ChatRequest(
+        messages=(
+            Message.text("system", PROMPTS["multi_system"].text),
+            Message("user", tuple(parts)),
+        ),
+        response_model=SeedQuestions,
+        temperature=temperature,
+        max_tokens=max_tokens,
+        purpose="question-multi",
+    )
+
+
 class ModelWriter:
     """Questions from a vision-language model through the model layer."""
 
@@ -194,32 +228,12 @@ class ModelWriter:
         self.concurrency = concurrency
 
     def single_request(self, ref: PageRef, spec: Spec) -> ChatRequest:
-        return ChatRequest(
-            messages=(
-                Message.text("system", PROMPTS["single_system"].text),
-                Message("user", (self.images[ref], TextPart(spec.text()))),
-            ),
-            response_model=PageQuestions,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            purpose="question-single",
-        )
+        return single_request(self.images[ref], spec, temperature=self.temperature,
+                              max_tokens=self.max_tokens)
 
     def multi_request(self, pages: Sequence[PageRef], spec: Spec) -> ChatRequest:
-        parts: list[TextPart | ImagePart] = []
-        for i, ref in enumerate(pages, start=1):
-            parts += [TextPart(f"Page {i}:"), self.images[ref]]
-        parts.append(TextPart(spec.text()))
-        return ChatRequest(
-            messages=(
-                Message.text("system", PROMPTS["multi_system"].text),
-                Message("user", tuple(parts)),
-            ),
-            response_model=SeedQuestions,
-            temperature=self.temperature,
-            max_tokens=self.max_tokens,
-            purpose="question-multi",
-        )
+        return multi_request([self.images[ref] for ref in pages], spec,
+                             temperature=self.temperature, max_tokens=self.max_tokens)
 
     async def single(self, items: Sequence[tuple[str, PageRef, Spec]]) -> list[Outcome]:
         requests = [self.single_request(ref, spec) for _, ref, spec in items]

@@ -8,6 +8,11 @@ writes the output markers the next stage reads, and closes the run with its stat
 `docthink reproduce` read the same table of stages (`docthink.stages.STAGES`), so every kind of
 run can be rerun from its record.
 
+A stage that calls models may also have a `plan`: what a run of that recipe would send and cost,
+built from the requests the run would make (`docthink plan`, see `docthink.plan`). A plan records
+no run: it sends nothing (a calibration sample is a measurement, not data) and it belongs to the
+run it prices, whose folder keeps it and whose data card shows it beside the actual figures.
+
 Stage functions stay plain: they take a validated recipe and call the packages' functions over
 typed rows; where the work runs (this process, a cluster) is the business of the executor those
 functions use, not of the stage."""
@@ -18,10 +23,13 @@ import sys
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import TYPE_CHECKING, Generic, TypeVar
 
 from docthink.recipe import Recipe
 from docthink.runs import Run, mark_output, parent_runs, start_run
+
+if TYPE_CHECKING:
+    from docthink.plan.bill import Plan, PlanOptions
 
 R = TypeVar("R", bound=Recipe)
 
@@ -66,6 +74,8 @@ class Stage(Generic[R]):
     recipe_option: bool = True
     # refuses a recipe that cannot run (a UserError) before any run is recorded
     check: Callable[[R], None] = _fine
+    # what a run would send and cost, without running it (`docthink plan`); None: no plan
+    plan: Callable[[R, PlanOptions], Plan] | None = None
 
     def argv(self, recipe_file: Path) -> list[str]:
         """The arguments after `docthink` that run this stage from a recipe file alone."""

@@ -8,6 +8,7 @@ from pathlib import Path
 
 from docthink.corpus.recipe import IngestRecipe
 from docthink.export import ExportRecipe
+from docthink.plan.bill import Plan, PlanOptions, read_plan
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.recipe import commented_yaml
 from docthink.runs import Run, recipe_hash
@@ -66,8 +67,9 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
 
     _write_recipe(recipe)
     result = make_questions(recipe, run.log, show_progress=True)
+    plan = _plan_in(recipe.out)
     card = write_questions_card(result, recipe.contexts, recipe.out,
-                                recipe_hash=recipe_hash(recipe))
+                                recipe_hash=recipe_hash(recipe), plan=plan)
     counts = result.counts
     line = (f"questions {result.path}: {counts['questions']} questions ({tally(counts['by_kind'])}) "
             f"by {result.indexed.writer}; judge rejected {counts['judge_rejected']}; contexts "
@@ -77,6 +79,8 @@ def _questions(recipe: QuestionsRecipe, run: Run) -> Outcome:
     summary: dict[str, object] = {
         "counts": counts, "usage": result.usage, "writer": result.indexed.writer,
         "judge": result.indexed.judge, "shards": result.shards, "prompts": PROMPTS.hashes()}
+    if plan is not None:  # what `docthink plan questions` said beside what the run spent
+        summary["planned_beside_actual"] = [b.as_dict() for b in plan.beside(result.meters())]
     return Outcome([line], [Written(result.path)], scalars(counts), summary, marks=[recipe.out])
 
 
@@ -87,9 +91,31 @@ def _fits_questions(recipe: QuestionsRecipe) -> None:
     check(questions_demands(recipe))
 
 
+def _plan_in(out: Path) -> Plan | None:
+    """The plan `docthink plan` left in a run folder, if it did."""
+    path = out / "plan.json"
+    return read_plan(path) if path.exists() else None
+
+
+def _plan_questions(recipe: QuestionsRecipe, options: PlanOptions) -> Plan:
+    """The questions run's plan, written to its folder as plan.json (no calibration: the judge's
+    work depends on what the writer drafts, which only the run shows)."""
+    from docthink.core.errors import UserError
+    from docthink.corpus.corpus import Corpus
+    from docthink.plan.questions import plan_questions
+
+    if options.calibrate:
+        raise UserError("--calibrate: only `docthink plan synth` calibrates")
+    with Corpus.open(recipe.corpus) as corpus:
+        plan = plan_questions(recipe, corpus, recipe_hash=recipe_hash(recipe),
+                              processor=options.processor, rates=options.rates(None))
+    plan.write(recipe.out / "plan.json")
+    return plan
+
+
 QUESTIONS = Stage("questions", ("questions",), QuestionsRecipe, _questions,
                   inputs=lambda r: r.decontamination.exclude_files, parents=lambda r: [r.corpus],
-                  check=_fits_questions)
+                  check=_fits_questions, plan=_plan_questions)
 
 
 def _tasks(recipe: TasksRecipe, run: Run) -> Outcome:
@@ -126,7 +152,8 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
 
     _write_recipe(recipe)
     result = synthesize(recipe, run.log, show_progress=True)
-    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe))
+    plan = _plan_in(recipe.out)
+    card = write_card(result, recipe.out, recipe_hash=recipe_hash(recipe), plan=plan)
     counts = result.counts
     dropped_by: dict[str, int] = counts["dropped"]
     stages = Counter[str]()
@@ -134,15 +161,67 @@ def _synth(recipe: SynthRecipe, run: Run) -> Outcome:
         stages[key.split(":", 1)[0]] += n
     dropped = f"{stages.total()} dropped" + (
         f" ({tally(stages)}; why: see the data card)" if stages else "")
+    verified = (f"; {counts['verified']} answers verified, {counts['verify_mismatches']} "
+                f"mismatched" if counts["verified"] else "")
     shards = result.shards
     line = (f"synth {recipe.out}: {counts['questions']} questions -> {counts['traces']} traces -> "
-            f"{counts['examples']} examples; {dropped}; {shards['total']} shards "
+            f"{counts['examples']} examples; {dropped}{verified}; {shards['total']} shards "
             f"({shards['reused']} reused); data card {card}")
+    summary: dict[str, object] = {
+        "counts": counts, "usage": result.usage_now, "data_usage": result.usage,
+        "shards": shards, "prompts": PROMPTS.hashes()}
+    if plan is not None:  # what `docthink plan synth` said beside what the data cost
+        summary["planned_beside_actual"] = [b.as_dict() for b in plan.beside(result.meters())]
     return Outcome([line], [Written(recipe.out / "examples.jsonl"),
-                            Written(recipe.out / "evidence.parquet")],
-                   scalars(counts), {"counts": counts, "usage": result.usage_now,
-                                     "data_usage": result.usage, "shards": shards, "prompts": PROMPTS.hashes()},
-                   marks=[recipe.out])
+                            Written(recipe.out / "evidence.parquet"),
+                            Written(recipe.out / "verification.parquet")],
+                   scalars(counts), summary, marks=[recipe.out])
+
+
+def _plan_synth(recipe: SynthRecipe, options: PlanOptions) -> Plan:
+    """The synth run's plan, written to its folder as plan.json (its data card shows it beside
+    what the run spent). With calibration, a sample of questions runs for real first, in a
+    scratch folder with its own shards and request cache, so the run itself sends every request
+    again."""
+    import logging
+    import tempfile
+    import time
+    from dataclasses import replace
+
+    from docthink.corpus.corpus import Corpus
+    from docthink.plan.synth import calibration_sample, measure, plan_synth
+    from docthink.synth.job import synthesize
+
+    digest = recipe_hash(recipe)
+    with Corpus.open(recipe.corpus) as corpus:
+        measured, calibration = None, None
+        if options.calibrate:
+            only = calibration_sample(recipe, corpus, options.calibrate)
+            log = logging.getLogger("docthink.plan")
+            with tempfile.TemporaryDirectory() as scratch:
+                started = time.perf_counter()
+                sample_run = synthesize(recipe.model_copy(update={"out": Path(scratch)}), log,
+                                        show_progress=False, only=only)
+                seconds = time.perf_counter() - started
+                meters = sample_run.meters()
+                measured = measure(recipe, corpus, Path(scratch), sample_run.counts["questions"],
+                                   meters, seconds, options.processor)
+            sample = plan_synth(recipe, corpus, recipe_hash=digest, processor=options.processor,
+                                measured=measured, only=only)
+            beside = sample.beside(meters)
+            calibration = {"questions": measured.questions, "seconds": round(seconds, 3),
+                           "tokens": measured.tokens,
+                           "sample_planned_beside_actual": [b.as_dict() for b in beside]}
+            measured = replace(measured, prompt_scale={
+                b.stage: b.prompt_tokens[1] / b.prompt_tokens[0]
+                for b in beside if b.prompt_tokens[0]})
+        rates = options.rates(None if measured is None else
+                              (measured.tokens, measured.seconds, measured.questions))
+        plan = plan_synth(recipe, corpus, recipe_hash=digest, processor=options.processor,
+                          measured=measured, rates=rates)
+    plan.calibration = calibration
+    plan.write(recipe.out / "plan.json")
+    return plan
 
 
 def _fits_synth(recipe: SynthRecipe) -> None:
@@ -153,7 +232,8 @@ def _fits_synth(recipe: SynthRecipe) -> None:
 
 
 SYNTH = Stage("synth", ("synth",), SynthRecipe, _synth, inputs=lambda r: [r.questions],
-              parents=lambda r: [r.corpus, r.questions.parent], check=_fits_synth)
+              parents=lambda r: [r.corpus, r.questions.parent], check=_fits_synth,
+              plan=_plan_synth)
 
 
 # -- export ---------------------------------------------------------------------------------------

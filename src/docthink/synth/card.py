@@ -5,12 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pyarrow.parquet as pq
+
 from docthink.cards import bar_chart, count_table, usage_table
+from docthink.plan.bill import Plan, beside_lines
 from docthink.synth.job import SynthSummary
 
 
-def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
-    """The card of a run, from the counts added up over its shards (no row is read again)."""
+def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str,
+               plan: Plan | None = None) -> Path:
+    """The card of a run, from the counts added up over its shards (no row is read again, but
+    the flagged verdicts listed for review); with the plan `docthink plan synth` left in the
+    folder, planned beside actual."""
     counts, usage = summary.counts, summary.usage
     scores: dict[str, int] = summary.card["relevance"]
     bins = [f"{b}-{b + 1}" for b in range(10)]
@@ -47,6 +53,10 @@ def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
         "",
         *count_table("branch", counts["branches"], "No answers."),
         "",
+        "## Answers checked against their reference",
+        "",
+        *verification_table(counts["verification"], summary.card["verify_methods"], out),
+        "",
         "## Control-token placements",
         "",
         *count_table("placement", placements, "No trace examples."),
@@ -65,7 +75,35 @@ def write_card(summary: SynthSummary, out: Path, *, recipe_hash: str) -> Path:
         "",
         *usage_table(usage, "stage model"),
         "",
+        "## Planned beside actual",
+        "",
+        *(beside_lines(plan, summary.meters(), recipe_hash) if plan is not None else
+          ["No plan: `docthink plan synth` with this recipe writes one into the run folder."]),
+        "",
     ]
     path = out / "card.md"
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
+
+
+def verification_table(table: dict[str, dict[str, int]], methods: dict[str, int],
+                       out: Path) -> list[str]:
+    """Per branch: answers verified, matched, and mismatches dropped, flagged or kept; then the
+    flagged ones (read from verification.parquet), for review."""
+    if not table:
+        return ["No answer had a reference answer to check (or verification is off)."]
+    lines = [f"Checked by {', '.join(methods)}.", "",
+             "| branch | verified | matched | dropped | flagged | kept (mismatch) |",
+             "|---|---|---|---|---|---|"]
+    for branch, row in table.items():
+        lines.append(f"| {branch} | {row['verified']} | {row['matched']} | {row['dropped']} | "
+                     f"{row['flagged']} | {row['kept_mismatch']} |")
+    if sum(row["flagged"] for row in table.values()):
+        flagged = pq.read_table(out / "verification.parquet",
+                                columns=["qid", "reference", "pred", "answer"],
+                                filters=[("action", "=", "flagged")]).to_pylist()
+        lines += ["", "Flagged (kept in the examples):", "",
+                  "| qid | reference | answer read as |", "|---|---|---|"]
+        lines += [f"| {v['qid']} | {v['reference']} | {v['pred'] or v['answer'][:80]} |"
+                  for v in flagged]
+    return lines

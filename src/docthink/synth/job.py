@@ -6,8 +6,9 @@ shards it had not committed (their finished requests come from the request cache
 does not depend on where or in which order shards ran.
 
 The final tables keep the order of an unsharded run: evidence by (qid, position), answers by qid
-(both merged by key across shards), traces and examples in question order (shards in order), and
-dropped rows input first, then evidence and trace, then answer (each in question order)."""
+(both merged by key across shards), traces, verdicts and examples in question order (shards in
+order), and dropped rows input first, then evidence and trace, then answer and verification (each
+in question order)."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from dataclasses import asdict, dataclass, field
 from itertools import chain
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
 
 from docthink.corpus.corpus import Corpus
 from docthink.engine.executor import run_shards
@@ -38,8 +41,8 @@ from docthink.engine.shards import (
     write_sorted,
 )
 from docthink.export import SFTExample
-from docthink.models.base import ChatModel
-from docthink.models.build import build_model
+from docthink.models.base import ChatModel, UsageMeter
+from docthink.models.build import build_model, build_served
 from docthink.models.cache import CachedModel, RequestCache
 from docthink.questions.rows import Dropped, Question, check_documents, question_rows, resolve_row
 from docthink.synth.pipeline import (
@@ -53,23 +56,34 @@ from docthink.synth.pipeline import (
 from docthink.synth.recipe import SynthRecipe
 
 STAGE_MODELS = ("evidence", "answer_vision", "answer_text")
+# verification.parquet's columns, typed: a run (or a shard) without a verdict still has them
+VERDICTS = pa.schema([("qid", pa.string()), ("branch", pa.string()), ("method", pa.string()),
+                      ("reference", pa.string()), ("answer_format", pa.string()),
+                      ("answer", pa.string()), ("pred", pa.string()), ("score", pa.float64()),
+                      ("match", pa.bool_()), ("action", pa.string()), ("failure", pa.string())])
 
 
 @dataclass
 class QuestionShards:
     """The questions file read again from the start on each iteration, cut into shards as it is
-    read. Rows dropped at input and every shard's digest are collected on the way."""
+    read. Rows dropped at input and every shard's digest are collected on the way. `only` keeps
+    some questions (a plan's calibration sample) and leaves the rest unread."""
 
     recipe: SynthRecipe
     n_pages: Mapping[str, int]
+    only: frozenset[str] | None = None
+    rows: int = 0  # rows read (those `only` keeps)
     dropped: list[Dropped] = field(default_factory=list)
     digests: list[str] = field(default_factory=list)
 
     def __iter__(self) -> Iterator[Shard[Question]]:
-        self.dropped, self.digests = [], []
+        self.rows, self.dropped, self.digests = 0, [], []
         plan, size = plan_digest(self.recipe), self.recipe.executor.shard_size
         batch: list[Question] = []
         for row in question_rows(self.recipe.questions):
+            if self.only is not None and row.qid not in self.only:
+                continue
+            self.rows += 1
             resolved = resolve_row(row, self.n_pages, self.recipe.questions)
             if isinstance(resolved, Dropped):
                 self.dropped.append(resolved)
@@ -91,7 +105,7 @@ class QuestionShards:
 class SynthSession:
     corpus: Corpus
     cache: RequestCache
-    models: dict[str, ChatModel]  # by stage; one instance per distinct spec
+    models: dict[str, ChatModel]  # by stage (and the judge); one instance per distinct spec
 
 
 class SynthJob:
@@ -127,6 +141,13 @@ class SynthJob:
             if key not in inner:
                 inner[key] = build_model(spec, pages=corpus)
             models[name] = inner[key]
+        verify = self.recipe.answer.verify
+        if verify.method == "judge":
+            assert verify.judge is not None  # the recipe validates it
+            key = verify.judge.model_dump_json()
+            if key not in inner:
+                inner[key] = build_served(verify.judge)
+            models["judge"] = inner[key]
         try:
             with RequestCache(self.recipe.out / "cache.sqlite") as cache:
                 yield SynthSession(corpus, cache, models)
@@ -149,6 +170,7 @@ class SynthJob:
             write_part(table_rows(rows.evidence), folder / "evidence.parquet")
             write_part(table_rows(rows.traces), folder / "traces.parquet")
             write_part(table_rows(rows.answers), folder / "answers.parquet")
+            write_part(table_rows(rows.verdicts), folder / "verification.parquet", VERDICTS)
             write_lines((json.dumps(asdict(d)) for d in rows.dropped), folder / "dropped.jsonl")
             write_lines((json.dumps(e.to_json(), ensure_ascii=False) for e in rows.examples),
                         folder / "examples.jsonl")
@@ -165,16 +187,22 @@ class SynthSummary:
     usage_now: dict[str, dict[str, object]]  # the same over the shards this run processed
     shards: dict[str, int]  # total, processed by this run, reused from an earlier one
 
+    def meters(self) -> dict[str, UsageMeter]:
+        """`usage` as meters: what a plan of the run is set beside."""
+        return {stage: UsageMeter.of(u) for stage, u in self.usage.items()}
 
-def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool) -> SynthSummary:
+
+def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool,
+               only: frozenset[str] | None = None) -> SynthSummary:
     """The whole run: shards processed where the recipe's executor says, then the final tables,
-    examples and counts merged from the committed parts."""
+    examples and counts merged from the committed parts. `only` restricts it to some questions
+    (a plan's calibration sample)."""
     with Corpus.open(recipe.corpus) as corpus:
-        n_rows = check_documents(question_rows(recipe.questions), corpus, recipe.questions)
+        check_documents(question_rows(recipe.questions), corpus, recipe.questions)
         n_pages = {d.doc_id: d.n_pages for d in corpus.documents.values()}
     job = SynthJob(recipe)
     job.store.sweep()
-    shards = QuestionShards(recipe, n_pages)
+    shards = QuestionShards(recipe, n_pages, only)
     processed: list[int] = []
 
     def pending() -> Iterator[Shard[Question]]:
@@ -187,6 +215,7 @@ def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool) ->
                show_progress=show_progress)
     committed = [job.store.get(index, digest) for index, digest in enumerate(shards.digests)]
     job.store.sweep(keep=len(committed))
+    n_rows = shards.rows
     log.info("%d questions, %d dropped at input; %d shards (%d processed now)", n_rows,
              len(shards.dropped), len(committed), len(processed))
     # a shard's counts with nothing in them first: every key is there even with no shard
@@ -198,7 +227,7 @@ def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool) ->
     write_tables([c.folder for c in committed], shards.dropped, plain, recipe.out)
     return SynthSummary(
         summary_counts(n_rows, shards.dropped, totals, plain),
-        {key: totals[key] for key in ("relevance", "trace_pages")},
+        {key: totals[key] for key in ("relevance", "trace_pages", "verify_methods")},
         totals["usage"],
         now["usage"],
         {"total": len(committed), "processed": len(processed),
@@ -206,12 +235,16 @@ def synthesize(recipe: SynthRecipe, log: logging.Logger, show_progress: bool) ->
     )
 
 
+# dropped after the answers are in (in question order, after every evidence and trace drop)
+LAST_STAGES = ("answer: ", "verify: ")
+
+
 def summary_counts(n_rows: int, input_dropped: Sequence[Dropped], totals: Mapping[str, Any],
                    plain: Sequence[SFTExample]) -> dict[str, object]:
     dropped = dict(Counter(f"{d.stage}: {d.reason}" for d in input_dropped))
     later: dict[str, int] = totals["dropped"]
-    dropped |= {k: n for k, n in later.items() if not k.startswith("answer: ")}
-    dropped |= {k: n for k, n in later.items() if k.startswith("answer: ")}
+    dropped |= {k: n for k, n in later.items() if not k.startswith(LAST_STAGES)}
+    dropped |= {k: n for k, n in later.items() if k.startswith(LAST_STAGES)}
     return {
         "questions": n_rows,
         **{key: totals[key] for key in ("evidence_requests", "evidence_failures", "traces",
@@ -221,6 +254,9 @@ def summary_counts(n_rows: int, input_dropped: Sequence[Dropped], totals: Mappin
         "branches": totals["branches"],
         "placements": totals["placements"],
         "plain_examples": len(plain),
+        **{key: totals[key] for key in ("verified", "verify_mismatches", "verify_dropped")},
+        "verification": {branch: totals["verification"][branch]
+                         for branch in sorted(totals["verification"])},
     }
 
 
@@ -233,10 +269,12 @@ def write_tables(folders: Sequence[Path], input_dropped: Sequence[Dropped],
                  out / "evidence.parquet")
     write_concatenated([f / "traces.parquet" for f in folders], out / "traces.parquet")
     write_sorted([f / "answers.parquet" for f in folders], ["qid"], out / "answers.parquet")
+    write_concatenated([f / "verification.parquet" for f in folders], out / "verification.parquet",
+                       VERDICTS)
     dropped = [f / "dropped.jsonl" for f in folders]
 
     def at_answer(line: str) -> bool:
-        return json.loads(line)["stage"] == "answer"
+        return json.loads(line)["stage"] in ("answer", "verify")
 
     write_atomically(chain(
         (json.dumps(asdict(d)) for d in input_dropped),

@@ -20,6 +20,8 @@ from docthink.core.parts import ImagePart, PageRef
 from docthink.core.seeded import uniform, weighted_choice
 from docthink.corpus.corpus import Corpus
 from docthink.engine.local import run_requests
+from docthink.evals.judge import DEFAULT_JUDGE_PROMPT
+from docthink.evals.prompt import PromptFile
 from docthink.export import ImageKey, SFTExample, plain_example, trace_example
 from docthink.models.base import ChatModel, ChatResult, RequestFailure
 from docthink.models.tasks import EvidenceReply
@@ -36,6 +38,7 @@ from docthink.synth import requests as rq
 from docthink.synth.recipe import SynthRecipe
 from docthink.synth.rows import Answer, Branch, PageEvidence, Trace
 from docthink.synth.trace import build_trace, floored_score
+from docthink.synth.verify import Verdict, verify_by_judge, verify_by_rules
 
 
 @dataclass(frozen=True)
@@ -43,6 +46,7 @@ class SynthModels:
     evidence: ChatModel
     answer_vision: ChatModel
     answer_text: ChatModel
+    judge: ChatModel | None = None  # verifies answers (answer.verify.method judge)
 
 
 @dataclass
@@ -52,8 +56,21 @@ class ShardRows:
     evidence: list[PageEvidence] = field(default_factory=list)  # by (qid, position)
     traces: list[Trace] = field(default_factory=list)  # in question order
     answers: list[Answer] = field(default_factory=list)  # by qid
+    verdicts: list[Verdict] = field(default_factory=list)  # in question order
     examples: list[SFTExample] = field(default_factory=list)  # in question order
-    dropped: list[Dropped] = field(default_factory=list)  # evidence and trace, then answer
+    dropped: list[Dropped] = field(default_factory=list)  # evidence, trace; answer, verify
+
+    def verification(self) -> dict[str, dict[str, int]]:
+        """Per answer branch: answers verified, matched, and what happened to mismatches."""
+        table: dict[str, dict[str, int]] = {}
+        for v in self.verdicts:
+            row = table.setdefault(v.branch, dict.fromkeys(
+                ("verified", "matched", "dropped", "flagged", "kept_mismatch"), 0))
+            row["verified"] += 1
+            row["matched"] += v.match
+            if not v.match:
+                row["kept_mismatch" if v.action == "kept" else v.action] += 1
+        return {branch: table[branch] for branch in sorted(table)}
 
     def counts(self) -> dict[str, object]:
         """What the data card adds up over shards (string keys: it is stored as JSON)."""
@@ -69,6 +86,11 @@ class ShardRows:
             "placements": dict(Counter(e.placement for e in self.examples if e.kind == "trace")),
             "relevance": {str(b): n for b, n in enumerate(_histogram(scored))},
             "trace_pages": dict(Counter(str(len(t.positions)) for t in self.traces)),
+            "verified": len(self.verdicts),
+            "verify_mismatches": sum(not v.match for v in self.verdicts),
+            "verify_dropped": sum(v.action == "dropped" for v in self.verdicts),
+            "verification": self.verification(),
+            "verify_methods": dict(Counter(v.method for v in self.verdicts)),
         }
 
 
@@ -250,8 +272,8 @@ async def synthesize_shard(
     models: SynthModels,
     show_progress: bool,
 ) -> ShardRows:
-    """Evidence -> traces -> answers -> trace examples for one shard's questions (their context
-    pages already rendered: `images`)."""
+    """Evidence -> traces -> answers -> verification -> trace examples for one shard's questions
+    (their context pages already rendered: `images`)."""
     rows = ShardRows()
     total = sum(len(q.context) for q in questions)
     with progress("evidence", total, show_progress) as bar:
@@ -280,10 +302,17 @@ async def synthesize_shard(
     with progress("answer", len(traced), show_progress) as bar:
         rows.answers = await answer_questions(traced, images, recipe, models, bar.advance)
     answers = {a.qid: a for a in rows.answers}
+    answered = [(q, answers[q.qid]) for q, _ in traced if answers[q.qid].failure is None]
+    rows.verdicts = await verify(answered, recipe, models.judge)
+    verdicts = {v.qid: v for v in rows.verdicts}
     for question, trace in traced:
         answer = answers[question.qid]
         if answer.failure is not None:
             rows.dropped.append(Dropped(question.qid, "answer", answer.failure))
+            continue
+        verdict = verdicts.get(question.qid)  # questions without a reference have none
+        if verdict is not None and verdict.action == "dropped":
+            rows.dropped.append(Dropped(question.qid, "verify", verdict.reason))
             continue
         placement = weighted_choice(recipe.seed, question.qid, "cot", recipe.export.placement)
         rows.examples.append(
@@ -301,7 +330,23 @@ async def synthesize_shard(
     return rows
 
 
-def table_rows(rows: Sequence[PageEvidence | Trace | Answer]) -> list[dict[str, object]]:
+async def verify(
+    answered: Sequence[tuple[Question, Answer]], recipe: SynthRecipe, judge: ChatModel | None
+) -> list[Verdict]:
+    """Verdicts on the answers whose question has a reference answer (see `synth.verify`)."""
+    settings = recipe.answer.verify
+    items = [(q, a) for q, a in answered if q.answer is not None]
+    if settings.method == "none" or not items:
+        return []
+    if settings.method == "rules":
+        return verify_by_rules(items, settings.on_mismatch)
+    assert judge is not None  # the job builds one for method judge
+    prompt = PromptFile.read(settings.prompt or DEFAULT_JUDGE_PROMPT)
+    return await verify_by_judge(items, judge, prompt, on_mismatch=settings.on_mismatch,
+                                 max_tokens=settings.max_tokens, concurrency=recipe.concurrency)
+
+
+def table_rows(rows: Sequence[PageEvidence | Trace | Answer | Verdict]) -> list[dict[str, object]]:
     """Typed rows as the columns of their Parquet table (page refs as `doc_id` / `page`)."""
     return [_flat(asdict(r)) for r in rows]
 

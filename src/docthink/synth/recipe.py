@@ -6,12 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal, get_args
 
-from pydantic import Field, field_validator
+from pydantic import Field, FilePath, field_validator, model_validator
 
 from docthink.core.vocab import Placement
 from docthink.corpus.policy import RenderPolicy
 from docthink.engine.executor import ExecutorSpec
-from docthink.models.specs import ModelSpec, TeacherSpec
+from docthink.models.specs import ModelSpec, ServedModelSpec, TeacherSpec
 from docthink.recipe import Recipe, in_order
 from docthink.synth.trace import TraceOrder, TraceStyle
 
@@ -63,6 +63,35 @@ class TraceSettings(Recipe):
     )
 
 
+class VerifySettings(Recipe):
+    """Checks each answer against the question's reference answer, when it has one."""
+
+    method: Literal["rules", "judge", "none"] = Field(
+        "rules", description="rules: MMLongBench-Doc's official scorer on the extracted short "
+        "answer, by the reference's answer format; judge: an LLM judge (the V2 equivalence "
+        "judge) reads the whole answer; none: no check",
+    )
+    on_mismatch: Literal["drop", "flag", "keep"] = Field(
+        "drop", description="an answer that does not match its reference: drop the example, flag "
+        "it (kept, and listed as flagged in verification.parquet and the data card), or keep it "
+        "(counted only)",
+    )
+    judge: ServedModelSpec | None = Field(
+        None, description="the judge model (method judge): an OpenAI-compatible server or a "
+        "local checkpoint; the offline teacher cannot judge",
+    )
+    prompt: FilePath | None = Field(
+        None, description="judge rubric file; null: docthink's (evals/prompts/judge_v2.txt)"
+    )
+    max_tokens: int = Field(256, ge=1, description="judge reply budget (the JSON verdict)")
+
+    @model_validator(mode="after")
+    def _judge_named(self) -> VerifySettings:
+        if self.method == "judge" and self.judge is None:
+            raise ValueError("verify.method judge needs verify.judge (a served model)")
+        return self
+
+
 class AnswerSettings(Recipe):
     vision_ratio: float = Field(
         0.5, ge=0, le=1,
@@ -75,6 +104,7 @@ class AnswerSettings(Recipe):
     )
     temperature: float = Field(0.0, ge=0)
     max_tokens: int = Field(1024, ge=16)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
 
 
 class ExportSettings(Recipe):
@@ -103,6 +133,8 @@ class ExportSettings(Recipe):
 
 
 class SynthRecipe(Recipe):
+    preset_section = "synth"
+
     corpus: Path = Field(description="corpus folder made by `docthink ingest`")
     questions: Path = Field(
         description="questions: JSONL/Parquet rows {qid, doc_id, question, source_pages, "

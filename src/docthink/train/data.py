@@ -2,9 +2,12 @@
 mixed as the recipe says, and handed to TRL's vision-language collator with their page images
 opened (and downscaled) only when a batch is built.
 
-The export keeps no placement column; a row's placement is read from its messages, which is
-exactly what the model sees: a system message that is `<cot>`, a question that starts with
-`<cot> ` or ends with ` <cot>`, or no token. A think row is one whose answer opens `<think>`."""
+A row's `kind` (trace or plain) and `placement` come from the export's columns: the messages
+alone cannot tell a trace row exported without token and trace from a plain QA row. The
+messages must agree with the placement (a system message that is `<cot>`; a user turn that starts
+with `<cot> `, before the first page; a question that ends with ` <cot>`; or no token), so a row
+edited by hand cannot train the switch on the wrong token. Exports made before these columns are
+refused with the command that rewrites them. A think row is one whose answer opens `<think>`."""
 
 from __future__ import annotations
 
@@ -19,7 +22,7 @@ from PIL import Image
 
 from docthink.core.errors import UserError
 from docthink.core.seeded import uniform
-from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, Placement
+from docthink.core.vocab import COT, THINK_CLOSE, THINK_OPEN, ExampleKind, Placement
 from docthink.train.recipe import MixtureSettings
 
 EXPORT_FILE = "train.parquet"
@@ -37,6 +40,7 @@ class TrainRow:
     id: str
     messages: tuple[Msg, ...]  # [system,] user, assistant; image parts are {"type": "image"}
     images: tuple[Path, ...]  # absolute, in the order of the image parts
+    kind: ExampleKind
     placement: Placement
     think: bool
 
@@ -54,13 +58,14 @@ def _text(text: str) -> Part:
 
 
 def placement_of(messages: Sequence[Msg]) -> Placement:
+    """Where the messages carry `<cot>` (what the model sees)."""
     system = [m for m in messages if m["role"] == "system"]
     if system and [p["text"] for p in system[0]["content"]] == [COT]:
         return "system"
-    question = messages[-2]["content"][-1]["text"]
-    if question.startswith(f"{COT} "):
+    user = messages[-2]["content"]
+    if user[0]["type"] == "text" and user[0]["text"].startswith(f"{COT} "):
         return "prefix"
-    if question.endswith(f" {COT}"):
+    if user[-1]["text"].endswith(f" {COT}"):
         return "suffix"
     return "none"
 
@@ -97,7 +102,15 @@ def _row(raw: dict[str, Any], root: Path, where: str) -> TrainRow:
     think = answer.startswith(THINK_OPEN)
     if think and THINK_CLOSE not in answer:
         raise ExportError(f"{where}: the answer opens <think> but never closes it")
-    return TrainRow(raw["id"], tuple(clean), images, placement_of(clean), think)
+    kind, placement = raw["kind"], raw["placement"]
+    if kind not in ("trace", "plain") or placement not in ("system", "prefix", "suffix", "none"):
+        raise ExportError(f"{where}: kind {kind!r} / placement {placement!r} unknown")
+    if placement_of(clean) != placement:
+        raise ExportError(f"{where}: placement {placement!r} but the messages carry <cot> as "
+                          f"{placement_of(clean)!r}")
+    if kind == "plain" and (placement != "none" or think):
+        raise ExportError(f"{where}: a plain row carries no <cot> and no trace")
+    return TrainRow(raw["id"], tuple(clean), images, kind, placement, think)
 
 
 def read_export(folder: Path) -> list[TrainRow]:
@@ -113,6 +126,9 @@ def read_export(folder: Path) -> list[TrainRow]:
     missing = {"id", "messages", "images"} - set(table.column_names)
     if missing:
         raise ExportError(f"{path}: columns {sorted(missing)} missing")
+    if not {"kind", "placement"} <= set(table.column_names):
+        raise ExportError(f"{path}: no kind/placement columns (an export older than them); "
+                          "write it again with `docthink export SYNTH_RUN --format trl`")
     rows = [_row(raw, folder, f"{path} row {i} ({raw['id']})")
             for i, raw in enumerate(table.to_pylist())]
     if not rows:
@@ -122,12 +138,12 @@ def read_export(folder: Path) -> list[TrainRow]:
 
 def without_token(row: TrainRow) -> list[Msg]:
     """The row's prompt (system and user messages) with `<cot>` taken out wherever it was."""
-    question = row.question
+    content = list(row.messages[-2]["content"])
     if row.placement == "prefix":
-        question = question.removeprefix(f"{COT} ")
+        first = content[0]["text"].removeprefix(f"{COT} ")
+        content = [_text(first), *content[1:]] if first else content[1:]
     elif row.placement == "suffix":
-        question = question.removesuffix(f" {COT}")
-    content = [*row.messages[-2]["content"][:-1], _text(question)]
+        content[-1] = _text(row.question.removesuffix(f" {COT}"))
     system = [] if row.placement == "system" else list(row.messages[:-2])
     return [*system, {"role": "user", "content": content}]
 
@@ -146,6 +162,7 @@ class MixReport:
     """What the mixture did, for the run's metrics."""
 
     exported: int = 0
+    dropped_kind: int = 0
     dropped_placement: int = 0
     dropped_max_pages: int = 0
     stripped: int = 0
@@ -155,6 +172,7 @@ class MixReport:
     def as_metrics(self) -> dict[str, int]:
         return {
             "rows_exported": self.exported,
+            "rows_dropped_kind": self.dropped_kind,
             "rows_dropped_placement": self.dropped_placement,
             "rows_dropped_max_pages": self.dropped_max_pages,
             "rows_stripped": self.stripped,
@@ -190,7 +208,9 @@ def mix(
     report = MixReport(exported=len(rows))
     kept: list[TrainRow] = []
     for row in rows:
-        if row.placement not in settings.placements:
+        if row.kind not in settings.kinds:
+            report.dropped_kind += 1
+        elif row.placement not in settings.placements:
             report.dropped_placement += 1
         elif settings.max_pages is not None and len(row.images) > settings.max_pages:
             report.dropped_max_pages += 1

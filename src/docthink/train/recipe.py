@@ -11,13 +11,18 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from docthink.core.vocab import Placement
+from docthink.core.vocab import ExampleKind, Placement
 from docthink.recipe import Recipe
 
 PLACEMENTS: tuple[Placement, ...] = ("system", "prefix", "suffix", "none")
 
 
 class MixtureSettings(Recipe):
+    kinds: list[ExampleKind] = Field(
+        default_factory=lambda: ["trace", "plain"], min_length=1,
+        description="rows kept, by the export's kind column: trace (a question with its "
+        "reasoning trace, whatever the placement) and plain (long-document QA, no trace)",
+    )
     placements: list[Placement] = Field(
         default_factory=lambda: list(PLACEMENTS), min_length=1,
         description="rows kept, by where the export put <cot>: system, prefix, suffix, or none "
@@ -66,6 +71,8 @@ class LaunchSettings(Recipe):
 
 
 class TrainRecipe(Recipe):
+    preset_section = "train"
+
     model: str = Field(
         description="starting checkpoint: a local folder or a hub id, loaded with "
         "AutoModelForImageTextToText and AutoProcessor"

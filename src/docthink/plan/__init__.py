@@ -1,0 +1,1 @@
+"""`docthink plan`: what a run will send and what it will cost, before it spends anything."""
