@@ -72,7 +72,9 @@ def _responder(facts: list[dict[str, Any]]) -> Any:
         fact = next((a for q, a in answers.items() if any(q in t for t in texts)), "")
         if body["model"] == "weak" and fact and odd(fact):
             return Reply(f"It is 0 {XSS_IMG}", completion_tokens=5)
-        return Reply(f"It is {fact} {XSS}", completion_tokens=9)
+        if any(XSS in t for t in texts):  # the hostile question's answer carries markup too
+            return Reply(f"It is {fact} {XSS}", completion_tokens=9)
+        return Reply(f"It is {fact}.", completion_tokens=4)
 
     return respond
 
@@ -102,8 +104,11 @@ def explored(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Explored]:
         questions.write_text("".join(json.dumps(r) + "\n" for r in rows))
         cli("ingest", "sample/pdfs", "--out", "corpus", *common)
         with OpenAIServer(_responder(rows)) as server:
+            # the scripted answers carry markup with digits of its own: the rules' number
+            # extraction matches some and not others; mismatches are flagged (kept, listed)
             Path("synth.yaml").write_text(json.dumps({"models": {
-                s: _model(s, server.url) for s in ("evidence", "answer_vision", "answer_text")}}))
+                s: _model(s, server.url) for s in ("evidence", "answer_vision", "answer_text")},
+                "answer": {"verify": {"on_mismatch": "flag"}}}))
             cli("synth", "--corpus", "corpus", "--questions", "sample/questions.jsonl",
                 "--out", "synth", "--recipe", "synth.yaml", *common)
             samples = [{"doc_id": f["doc_id"], "doc_type": "Financial report",
@@ -188,6 +193,28 @@ def test_dropped_question_says_why(explored: Explored, page: Any) -> None:
     assert page.locator("#context img").count() == cards.count() > 0
     assert_images_load(page, explored.url)
     assert "failed" in page.locator("#context .pagecard.source .failure").text_content()
+
+
+def test_example_page_shows_the_answer_check(explored: Explored, page: Any) -> None:
+    """Each kept example's page says what verification.parquet says of its answer: a match, or a
+    flagged mismatch with the reference and the short answer the rules compared."""
+    with Registry(explored.registry) as reg:
+        folder = SynthFiles.of(reg.get(explored.synth)).folder
+    verdicts = {v["qid"]: v for v in pq.read_table(folder / "verification.parquet").to_pylist()}
+    assert {v["action"] for v in verdicts.values()} == {"kept", "flagged"}  # both kinds shown
+    references = {f["qid"]: f["answer"] for f in explored.facts}
+    for qid, v in verdicts.items():
+        page.goto(f"{explored.url}/runs/{explored.synth}/examples/{quote(qid)}")
+        assert page.text_content("#verdict-reference") == references[qid] == v["reference"]
+        if v["match"]:
+            assert page.text_content("#verdict-result") == "matches the reference"
+            assert page.locator("#verdict-action").count() == 0
+        else:
+            assert page.text_content("#verdict-result") == "does not match the reference"
+            assert page.text_content("#verdict-action") == "flagged"
+            shown = page.locator("#verdict-pred")
+            assert (shown.text_content() if shown.count() else "") == v["pred"]
+    assert page.locator("#verdict script, #verdict img").count() == 0
 
 
 def test_index_filters_agree_with_the_files(explored: Explored) -> None:

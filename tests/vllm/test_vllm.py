@@ -70,8 +70,11 @@ def synth_args(recipe: Path, runs: Path) -> list[str | Path]:
 
 def test_synth_through_vllm_counts_every_request_and_token(served: Served, tmp_path: Path) -> None:
     out = tmp_path / "synth"
-    recipe = write(tmp_path / "r.yaml",
-                   synth_recipe(served.url, served.corpus, served.questions, out))
+    # a random model's answers rarely match the references: flagged (kept and listed), not
+    # dropped, so every question reaches the export
+    recipe = write(tmp_path / "r.yaml", synth_recipe(
+        served.url, served.corpus, served.questions, out,
+        answer={"max_tokens": 128, "vision_ratio": 0.5, "verify": {"on_mismatch": "flag"}}))
     before = served.server.metrics()
     docthink(*synth_args(recipe, tmp_path / "runs"))
     delta = served.server.metrics() - before
@@ -91,6 +94,10 @@ def test_synth_through_vllm_counts_every_request_and_token(served: Served, tmp_p
     # with the server's image limit stated and top_k within it: no failures at all
     assert all(m["failures"] == 0 for m in usage.values()), usage
     assert counts["questions"] == counts["traces"] == counts["examples"] == 8
+    # every answer checked against its reference; each mismatch flagged and listed, none dropped
+    verdicts = table(out / "verification.parquet")
+    assert counts["verified"] == len(verdicts) == 8 and counts["verify_dropped"] == 0
+    assert sum(v["action"] == "flagged" for v in verdicts) == counts["verify_mismatches"]
     # both answer branches; the vision branch sends up to K images, K of them at least once
     answers = {a["qid"]: a for a in table(out / "answers.parquet")}
     traces = {t["qid"]: t for t in table(out / "traces.parquet")}

@@ -13,7 +13,7 @@ import json
 import sqlite3
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import cast
 
@@ -88,6 +88,20 @@ class PageView:
 
 
 @dataclass(frozen=True)
+class VerdictView:
+    """The answer's check against the question's reference (a row of verification.parquet)."""
+
+    method: str  # "rules" or the judge model's name
+    reference: str
+    answer_format: str
+    pred: str  # the short answer the rules compared ("" for a judge)
+    score: float
+    match: bool
+    action: str  # kept, flagged or dropped
+    failure: str | None
+
+
+@dataclass(frozen=True)
 class ExampleView:
     row: ExampleRow
     pages: list[PageView]
@@ -95,6 +109,9 @@ class ExampleView:
     answer: str | None
     answer_failure: str | None
     example: dict[str, object] | None
+    # None: not verified (no reference answer, `verify.method: none`, or a run from before
+    # verification, which has no verification.parquet)
+    verdict: VerdictView | None
 
     @property
     def in_trace(self) -> list[PageView]:
@@ -260,7 +277,18 @@ class ExampleIndex:
                  for e, image in zip(evidence, images, strict=True)]
         return ExampleView(row, pages, trace[0]["text"] if trace else None,
                            answer[0]["text"] if answer else None,
-                           answer[0]["failure"] if answer else None, example)
+                           answer[0]["failure"] if answer else None, example,
+                           self._verdict(qid))
+
+    def _verdict(self, qid: str) -> VerdictView | None:
+        import pyarrow.parquet as pq
+
+        path = self.files.folder / "verification.parquet"
+        if not path.exists():  # written by every run since answer verification
+            return None
+        columns = [f.name for f in fields(VerdictView)]
+        rows = pq.read_table(path, columns=columns, filters=[("qid", "=", qid)]).to_pylist()
+        return VerdictView(**rows[0]) if rows else None
 
 
 class Indexes:
