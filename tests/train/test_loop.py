@@ -187,10 +187,12 @@ def test_the_switch_is_learned(loop: Loop, capsys: pytest.CaptureFixture[str]) -
     """On the 24 training prompts with their token taken out (12 questions, each as a trace row and
     a plain QA row): `<cot>` as the system message opens a `<think>` block, no token answers
     directly; and the same through the eval harness (20 questions, 8 of them on documents longer
-    than any trained on). Measured with DOCTHINK_LOOP_SEED=0..9 under torch 2.14.1 and 0..5 under
-    2.13.0 (the same figures per seed under both): 18 to 24 of 24 and 0 of 24 on the training
-    prompts, mean P(<think> first) 0.69 to 0.995 and at most 0.0034; 10 to 18 of 20 and 0 to 2 of
-    20 through the harness. The thresholds sit below the worst seed."""
+    than any trained on). Measured on this data (answers verified against the references) with
+    DOCTHINK_LOOP_SEED=0..3 under torch 2.14.1 and 0..1 under 2.13.0 (the same figures per
+    seed under both): 24 of 24 and 0 of 24 on the training prompts, mean P(<think> first) 0.90 to
+    0.99 and at most 0.005; 14 to 19 of 20 and 0 to 1 of 20 through the harness. (On the data
+    before answer verification, seeds 0..9 and 0..5: 18 to 24 of 24, 0 of 24; 10 to 18 of 20 and 0
+    to 2 of 20.) The thresholds sit below the worst seed."""
     report = _switch_report(loop, loop.trained)
     harness = {m: _opens_think(loop.predictions("eval-trained"), m) for m in ("cot", "plain")}
     with capsys.disabled():
@@ -224,10 +226,10 @@ def test_the_merged_model_answers_directly_and_leans_toward_the_switch(
     its own without the token, on most prompts. (Merged into the random factory model instead, as
     this loop did before its base stage, the result was noise: it opened <think> more often without
     `<cot>`, 14/24, than with it, 8/24.) Measured with the seeds and versions of
-    test_the_switch_is_learned: no <think> opened by base or merged model in any arm, merged
-    answers without `<cot>` equal to the base's on 24 of 24 prompts (in the 12 runs counted), mean
-    P(<think> first | <cot>) 2.0 to 49 times the base's, and above the base's on 16 to 24 prompts,
-    above the merged model's own without `<cot>` on 16 to 24; the thresholds sit below that."""
+    test_the_switch_is_learned: no <think> opened by base or merged model in any arm; merged
+    answers without `<cot>` equal to the base's on 14 to 24 of 24 prompts (14 for seed 0, 24 for
+    seeds 1-3); P(<think> first | <cot>) above the base's on 20 to 24 prompts and above the
+    merged model's own without `<cot>` on 22 to 24. The thresholds sit below the worst seed."""
     base, trained, merged = (_switch_report(loop, m)
                              for m in (loop.base, loop.trained, loop.merged))  # fmt: skip
     harness = {m: _opens_think(loop.predictions("eval-merged"), m) for m in ("cot", "plain")}
@@ -247,7 +249,7 @@ def test_the_merged_model_answers_directly_and_leans_toward_the_switch(
     # with the base's words
     assert base.with_cot.opens_think == base.without_cot.opens_think == 0, base.as_dict()
     assert merged.without_cot.opens_think == 0 and harness["plain"][0] == 0, harness
-    assert same >= 18
+    assert same >= 12
     # with the token: above the base and above no token, far below the trained model
     assert above_base >= 12 and merged.with_cot.p_think > base.with_cot.p_think
     assert above_plain >= 13
