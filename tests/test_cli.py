@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import click
@@ -97,3 +99,24 @@ def test_demo_speaks_in_sentences(tmp_path: Path) -> None:
     assert "; 0 dropped;" in said[2]
     card = (tmp_path / "demo" / "synth" / "card.md").read_text()
     assert "## Dropped, and why\n\nNothing was dropped.\n" in card
+
+
+def test_a_registry_command_starts_without_the_stage_table(tmp_path: Path) -> None:
+    """`docthink search` is typed often and starts cold each time: it loads the registry's
+    command module only, not the stage table, the recipes or the pipeline packages (most of a
+    second of imports); every other command, and `--help`, still sees every command."""
+    code = ("import sys\nfrom docthink.cli import main\ntry:\n    main()\nexcept SystemExit as e:\n"
+            "    assert not e.code, e.code\nheavy = ('stages', 'recipe', 'synth', 'questions', "
+            "'train', 'evals', 'cli.data')\nprint(sorted(m for m in sys.modules if any("
+            "m == 'docthink.' + h or m.startswith('docthink.' + h + '.') for h in heavy)))")
+    for command, heavy in ((["search", "anything", "--no-semantic"], "[]"),
+                           (["runs", "list"], "[]")):
+        proc = subprocess.run(
+            [sys.executable, "-c", code, *command, "--registry", str(tmp_path / "r.sqlite")],
+            capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip().splitlines()[-1] == heavy, (command, proc.stdout)
+    proc = subprocess.run([sys.executable, "-m", "docthink.cli", "--help"], capture_output=True,
+                          text=True, check=True, timeout=120, cwd=tmp_path)
+    listed = re.findall(r"^  (\S+)", proc.stdout, flags=re.MULTILINE)
+    assert {"synth", "train", "eval", "search", "runs", "leaderboard"} <= set(listed)

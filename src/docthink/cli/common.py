@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated, TypeVar
+from typing import TYPE_CHECKING, Annotated, TypeVar
 
 import click
 import typer
@@ -15,11 +15,14 @@ from typer.core import TyperGroup
 
 from docthink import __version__
 from docthink.core.errors import UserError
-from docthink.recipe import Recipe, commented_yaml, load_recipe
 from docthink.runs import Registry, default_registry_path
-from docthink.stages import Outcome, Stage, run_stage
 
-S = TypeVar("S", bound=Recipe)
+if TYPE_CHECKING:  # the stage table and recipes: imported by the commands that run a stage
+    # (a registry command such as `docthink search` starts without them, see cli/__init__.py)
+    from docthink.recipe import Recipe
+    from docthink.stages import Outcome, Stage
+
+S = TypeVar("S", bound="Recipe")
 
 console = Console(stderr=True)
 out_console = Console(width=None if sys.stdout.isatty() else 200)
@@ -106,6 +109,8 @@ def _say(message: str) -> None:
 
 def _run(stage: Stage[S], recipe: S, runs_dir: Path, registry: Path | None) -> Outcome:
     """Run a stage as a recorded run and print what it says, the run id on its first line."""
+    from docthink.stages import run_stage
+
     run_id, outcome = run_stage(stage, recipe, runs_dir=runs_dir, registry=registry)
     for i, line in enumerate(outcome.lines):
         _say(f"{line}  [run {run_id}]" if i == 0 else line)
@@ -127,6 +132,8 @@ def _print_or_run(
     preset: str | None = None,
 ) -> None:
     """What a command with `--print-recipe` does: print the resolved recipe, or run the stage."""
+    from docthink.recipe import load_recipe
+
     if print_recipe:
         _print_recipe(stage.recipe, recipe, overrides, placeholders, note, preset)
     else:
@@ -144,6 +151,8 @@ def _print_recipe(
 ) -> None:
     """`--print-recipe`: the resolved recipe, commented; required paths not given on the command
     line show as placeholders."""
+    from docthink.recipe import commented_yaml, load_recipe
+
     resolved = load_recipe(cls, recipe, overrides, defaults=placeholders, preset=preset)
     text = commented_yaml(resolved) + (f"\n{note}" if note else "")
     out_console.print(text, markup=False, highlight=False, soft_wrap=True)

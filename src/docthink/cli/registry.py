@@ -373,7 +373,7 @@ def search(
                           highlight=False, soft_wrap=True)
 
 
-def _semantic_encoder() -> "MiniLM":
+def _semantic_encoder() -> MiniLM:
     """MiniLM for search, or one line saying how to get it or do without it."""
     from docthink.core.embedding import EmbeddingUnavailable, minilm, unavailable
 
