@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import shutil
 import statistics
@@ -38,9 +39,20 @@ SWEEP = (0.25, 0.5, 1.0)
 
 
 def build_models(workdir: Path) -> tuple[Path, Path]:
+    """The two checkpoints, built in a spawned process when missing: a child's peak RSS counts
+    its parent's at the fork (Linux keeps it across exec), so this process never loads torch."""
     base, tuned = workdir / "base", workdir / "tuned"
-    if (base / "config.json").exists() and (tuned / "config.json").exists():
-        return base, tuned
+    if not ((base / "config.json").exists() and (tuned / "config.json").exists()):
+        builder = multiprocessing.get_context("spawn").Process(target=_build, args=(workdir,))
+        builder.start()
+        builder.join()
+        if builder.exitcode != 0:
+            raise SystemExit(f"building the models into {workdir} failed")
+    return base, tuned
+
+
+def _build(workdir: Path) -> None:
+    base, tuned = workdir / "base", workdir / "tuned"
     os.environ["HF_HUB_OFFLINE"] = "1"
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
@@ -59,7 +71,6 @@ def build_models(workdir: Path) -> tuple[Path, Path]:
         for p in model.parameters():
             p.add_(torch.randn_like(p), alpha=0.01)
     model.save_pretrained(tuned, max_shard_size="1GB")
-    return base, tuned
 
 
 def run_child(argv: list[str]) -> tuple[float, float, float]:
