@@ -40,17 +40,27 @@ def page_pixels(size_pt: tuple[float, float], policy: RenderPolicy) -> tuple[int
     return math.ceil(width * scale), math.ceil(height * scale)
 
 
-def image_tokens(width: int, height: int, rule: ImageTokens) -> int:
-    """Tokens of one image of this size, delimiters included (Qwen-VL's `smart_resize`)."""
-    f = rule.token_pixels
+def smart_resize(width: int, height: int, factor: int, min_pixels: int,
+                 max_pixels: int) -> tuple[int, int]:
+    """(width, height) after Qwen-VL's processor resize (transformers' `smart_resize`): each side
+    rounded to a multiple of `factor` (patch times merge size), then the pixel count scaled into
+    [min_pixels, max_pixels] with the aspect ratio kept as closely as possible."""
+    f = factor
     h, w = round(height / f) * f, round(width / f) * f
-    if h * w > rule.max_pixels:
-        beta = math.sqrt(height * width / rule.max_pixels)
+    if h * w > max_pixels:
+        beta = math.sqrt(height * width / max_pixels)
         h = max(f, math.floor(height / beta / f) * f)
         w = max(f, math.floor(width / beta / f) * f)
-    elif h * w < rule.min_pixels:
-        beta = math.sqrt(rule.min_pixels / (height * width))
+    elif h * w < min_pixels:
+        beta = math.sqrt(min_pixels / (height * width))
         h, w = math.ceil(height * beta / f) * f, math.ceil(width * beta / f) * f
+    return w, h
+
+
+def image_tokens(width: int, height: int, rule: ImageTokens) -> int:
+    """Tokens of one image of this size, delimiters included."""
+    f = rule.token_pixels
+    w, h = smart_resize(width, height, f, rule.min_pixels, rule.max_pixels)
     return (h // f) * (w // f) + VISION_DELIMITERS
 
 

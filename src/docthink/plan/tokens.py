@@ -25,6 +25,7 @@ from docthink.core.parts import ImagePart, PageRef, TextPart
 from docthink.corpus.corpus import Corpus
 from docthink.corpus.policy import RenderPolicy
 from docthink.models.base import ChatRequest
+from docthink.models.limits import page_pixels, smart_resize
 from docthink.models.specs import ModelSpec
 
 
@@ -41,16 +42,8 @@ class ImageRule:
     def resized(self, width: int, height: int) -> tuple[int, int]:
         """(width, height) after the processor's resize: multiples of patch * merge within the
         pixel bounds, aspect ratio kept as closely as possible."""
-        f = self.patch * self.merge
-        h, w = max(f, round(height / f) * f), max(f, round(width / f) * f)
-        if h * w > self.max_pixels:
-            beta = math.sqrt(height * width / self.max_pixels)
-            h = max(f, math.floor(height / beta / f) * f)
-            w = max(f, math.floor(width / beta / f) * f)
-        elif h * w < self.min_pixels:
-            beta = math.sqrt(self.min_pixels / (height * width))
-            h, w = math.ceil(height * beta / f) * f, math.ceil(width * beta / f) * f
-        return w, h
+        return smart_resize(width, height, self.patch * self.merge, self.min_pixels,
+                            self.max_pixels)
 
     def tokens(self, width: int, height: int) -> int:
         w, h = self.resized(width, height)
@@ -243,9 +236,7 @@ def reader_for(spec: ModelSpec, corpus: Corpus, policy: RenderPolicy,
 
 def pixels(corpus: Corpus, ref: PageRef, policy: RenderPolicy) -> tuple[int, int]:
     """The page's size as the policy renders it (PDFium: ceil(points * scale))."""
-    width, height = corpus.document(ref.doc_id).page_sizes[ref.page - 1]
-    scale = policy.scale(width, height)
-    return math.ceil(width * scale), math.ceil(height * scale)
+    return page_pixels(corpus.document(ref.doc_id).page_sizes[ref.page - 1], policy)
 
 
 def model_name(spec: ModelSpec) -> str:
