@@ -15,7 +15,7 @@ import yaml
 from typer.testing import CliRunner
 
 import docthink
-from docthink.cli import app
+from docthink.cli import LIGHT, app
 from docthink.evals.recipe import EvalRecipe
 from docthink.questions.recipe import QuestionsRecipe, TasksRecipe
 from docthink.synth.recipe import SynthRecipe
@@ -116,6 +116,10 @@ def test_a_registry_command_starts_without_the_stage_table(tmp_path: Path) -> No
             capture_output=True, text=True, check=False, timeout=120, cwd=tmp_path)
         assert proc.returncode == 0, proc.stderr
         assert proc.stdout.strip().splitlines()[-1] == heavy, (command, proc.stdout)
+    # each command main() runs with one module loaded is defined there (else "No such command")
+    for name in LIGHT:
+        subprocess.run([sys.executable, "-m", "docthink.cli", name, "--help"], capture_output=True,
+                       text=True, check=True, timeout=120, cwd=tmp_path)
     proc = subprocess.run([sys.executable, "-m", "docthink.cli", "--help"], capture_output=True,
                           text=True, check=True, timeout=120, cwd=tmp_path)
     listed = re.findall(r"^  (\S+)", proc.stdout, flags=re.MULTILINE)
