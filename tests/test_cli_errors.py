@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from dataclasses import dataclass
+from importlib.metadata import packages_distributions
 from pathlib import Path
 
 import pytest
@@ -20,6 +22,30 @@ from docthink.runs import Registry
 # The import path of the docthink under test, for the subprocesses.
 SRC = str(Path(docthink.__file__).resolve().parents[1])
 CORE_INSTALL = "import sys; sys.modules['torch'] = None; "  # `import torch` fails as when absent
+CORE_LOCK = Path(__file__).resolve().parents[1] / "requirements" / "core.txt"
+
+
+def _dist(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def core_only() -> str:
+    """A prelude after which every package the core install (`pip install -c
+    requirements/core.txt -e .`) lacks fails to import: what only an extra or the dev install
+    brings, as on a newcomer's machine."""
+    core = {_dist(line.split("==")[0]) for line in CORE_LOCK.read_text().splitlines()
+            if "==" in line and not line.startswith("#")}
+    blocked = sorted(top for top, dists in packages_distributions().items()
+                     if top.isidentifier() and top != "docthink"
+                     and not any(_dist(d) in core for d in dists))
+    # a finder ahead of the others: `import x` raises ModuleNotFoundError as for an absent package
+    return ("import sys\n"
+            "class Absent:\n"
+            f"    blocked = set({blocked!r})\n"
+            "    def find_spec(self, name, path=None, target=None):\n"
+            "        if name.partition('.')[0] in self.blocked:\n"
+            "            raise ModuleNotFoundError(f'No module named {name!r}', name=name)\n"
+            "sys.meta_path.insert(0, Absent())\n")
 
 
 def docthink_cli(*args: str | Path, cwd: Path, prelude: str = "") -> subprocess.CompletedProcess:
@@ -66,6 +92,21 @@ def registry_error(kind: str) -> str:
     (record,) = Registry(Path(os.environ["DOCTHINK_REGISTRY"])).list(kind=kind)
     assert record.status == "failed"
     return str(record.error)
+
+
+def test_the_quick_start_runs_on_a_core_install(tmp_path: Path) -> None:
+    """The README's quick start with only what the core install has: the demo, then the registry
+    commands a newcomer tries next. (An `import click` in the CLI, which only the dev install
+    brought, once made every command fail there.)"""
+    prelude = core_only()
+    assert "'torch'" in prelude and "'typer'" not in prelude  # it tells the installs apart
+    demo = docthink_cli("demo", "--out", "demo", cwd=tmp_path, prelude=prelude)
+    assert demo.returncode == 0, demo.stderr[-3000:]
+    assert (tmp_path / "demo" / "export-trl").is_dir(), demo.stderr[-3000:]
+    for command in (["search", "revenue", "--no-semantic"], ["runs", "list"], ["leaderboard"],
+                    ["--help"]):
+        proc = docthink_cli(*command, cwd=tmp_path, prelude=prelude)
+        assert proc.returncode == 0, (command, proc.stderr[-3000:])
 
 
 def test_ingest_of_a_missing_folder(tmp_path: Path) -> None:

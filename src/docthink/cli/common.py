@@ -7,7 +7,6 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, TypeVar
 
-import click
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -33,7 +32,7 @@ class _Commands(TyperGroup):
     as one line on stderr and exit status 2; any other exception is a bug and keeps its traceback.
     A run the command had started has recorded the error as its failure before it gets here."""
 
-    def invoke(self, ctx: click.Context) -> object:
+    def invoke(self, ctx: typer.Context) -> object:
         try:
             return super().invoke(ctx)
         except UserError as exc:
