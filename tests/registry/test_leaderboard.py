@@ -10,7 +10,15 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-from docthink.registry.leaderboard import build_leaderboard, update_board
+from docthink.registry.leaderboard import (
+    Leaderboard,
+    Row,
+    Score,
+    board_from_rows,
+    build_leaderboard,
+    rows_from_lineage,
+    update_board,
+)
 from docthink.registry.page import render_static
 from docthink.runs.registry import Artifact, Registry
 from tests.registry.conftest import XSS, XSS_IMG, cli
@@ -53,6 +61,15 @@ def test_rows_carry_scores_and_the_recipe_from_lineage(small_history: tuple[Path
                                   metric="mean_output_tokens_cot")
     tokens = [r.value("mmlbd-c", "mean_output_tokens_cot") for r in by_tokens.rows]
     assert tokens == sorted(tokens)  # fewer tokens rank first
+    # ranked in SQL from the checkpoints' table, as ranking every eval's row in Python does
+    with Registry(path) as registry:
+        _, evals_rows = rows_from_lineage(registry)
+        for bench, metric in ((None, None), ("mmlbd-c", "acc"), ("mmlongbench-doc", "acc_cot"),
+                              ("mmlongbench-doc", "mean_output_tokens")):
+            stored = build_leaderboard(registry, benchmark=bench, metric=metric)
+            scratch = board_from_rows(registry, evals_rows, bench, metric)
+            assert (stored.ranked_by, stored.records()) == (scratch.ranked_by, scratch.records())
+            assert [r.checkpoint for r in stored.head(3)] == [r.checkpoint for r in scratch.rows[:3]]
 
 
 def test_lineage_lists_runs_from_the_data_to_the_checkpoint(tmp_path: Path) -> None:
@@ -158,10 +175,15 @@ def test_csv_and_json_exports_hold_every_row(small_history: tuple[Path, list[Run
 
 def test_static_page_escapes_markup(hostile_history: tuple[Path, list[RunSpec]]) -> None:
     path, _ = hostile_history
-    html = render_static(build_leaderboard(Registry(path)))
-    assert XSS not in html and XSS_IMG not in html
-    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
-    assert html.count("<script>") == 1 and 'src="http' not in html and "<link" not in html
+    board = build_leaderboard(Registry(path))
+    html = render_static(board)
+    assert XSS not in html and XSS_IMG not in html and "<img" not in html
+    # the rows ride as JSON with every `<` escaped: the markup is data, whole, and ends no element
+    data = html.split('<script type="application/json" id="board-data">')[1].split("</script>")[0]
+    assert "<" not in data
+    assert json.loads(data)["rows"][0]["checkpoint"] == board.rows[0].checkpoint
+    assert sum(XSS in json.dumps(row) for row in json.loads(data)["rows"]) >= 1
+    assert html.count("<script") == 2 and 'src="http' not in html and "<link" not in html
 
 
 def _column(page: object, index: int) -> list[str]:
@@ -204,9 +226,44 @@ def test_static_page_sorts_filters_and_shows_markup_as_text(
     assert page.text_content("#board-shown") == str(len(shown))  # type: ignore[attr-defined]
     page.fill("input[data-filter=board]", "")  # type: ignore[attr-defined]
     assert len(_column(page, checkpoint_col)) == len(board.rows)
-    # each row links to its lineage
+    # each row links to its lineage, shown below the table
+    first = page.text_content("#board tbody tr:first-child td:nth-child(2)")  # type: ignore[attr-defined]
     page.click("#board tbody tr:first-child td:last-child a")  # type: ignore[attr-defined]
     assert page.evaluate("location.hash").startswith("#lineage-")  # type: ignore[attr-defined]
+    (row,) = [r for r in board.rows if r.checkpoint == first]
+    steps = page.eval_on_selector_all(  # type: ignore[attr-defined]
+        "#lineage ol li", "items => items.map(li => li.textContent)")
+    assert steps == [f"{run_id} {kind}" for run_id, kind in row.lineage] and steps
+    assert first in page.text_content("#lineage h3")  # type: ignore[attr-defined]
+
+
+def test_static_page_lists_a_large_board_a_page_at_a_time(tmp_path: Path, page: object) -> None:
+    """1,234 checkpoints: 500 rows listed, a button lists 500 more; sorting and filtering work on
+    every row, listed or not (the page's script holds them all as JSON)."""
+    rows = [Row(f"ckpt-{i:04d}", {"mmlongbench-doc": Score(f"e{i}", "2026", {
+        "acc": (i * 7919 % 1234) / 1234, "acc_cot": None, "mean_output_tokens": 10.0 + i,
+        "mean_output_tokens_cot": None})}, {"K": str(i % 5)}, [(f"t{i}", "train")], 1)
+        for i in range(1234)]
+    board = Leaderboard(["mmlongbench-doc"], rows, ("mmlongbench-doc", "acc"))
+    file = tmp_path / "board.html"
+    file.write_text(render_static(board), encoding="utf-8")
+    page.goto(file.as_uri())  # type: ignore[attr-defined]
+    assert page.locator("#board tbody tr").count() == 500  # type: ignore[attr-defined]
+    assert page.text_content("#board-shown") == "1234"  # type: ignore[attr-defined]
+    assert "listed 500 of 1234" in page.text_content("#board-more")  # type: ignore[attr-defined]
+    page.click("#board-more")  # type: ignore[attr-defined]
+    assert page.locator("#board tbody tr").count() == 1000  # type: ignore[attr-defined]
+    headers = page.eval_on_selector_all("#board thead th", "hs => hs.map(h => h.textContent)")  # type: ignore[attr-defined]
+    acc = headers.index("mmlongbench-doc acc")
+    page.click(f"#board thead th:nth-child({acc + 1})")  # type: ignore[attr-defined]
+    listed = [float(v) for v in _column(page, acc)]
+    assert listed == sorted(listed) and listed[0] == 0.0  # the lowest of all 1,234 first
+    page.fill("input[data-filter=board]", "ckpt-12")  # type: ignore[attr-defined]
+    assert page.text_content("#board-shown") == str(  # type: ignore[attr-defined]
+        sum(r.checkpoint.startswith("ckpt-12") for r in rows))
+    assert page.is_hidden("#board-more")  # type: ignore[attr-defined]
+    page.goto(file.as_uri() + "#lineage-1234")  # type: ignore[attr-defined]
+    assert page.text_content("#lineage h3") == "1234. ckpt-1233"  # type: ignore[attr-defined]
 
 
 def test_board_rows_are_computed_once_and_follow_late_parents(tmp_path: Path) -> None:
@@ -221,9 +278,10 @@ def test_board_rows_are_computed_once_and_follow_late_parents(tmp_path: Path) ->
         assert len(build_leaderboard(registry).rows) == 6
         assert update_board(registry) == 0  # nothing new: nothing recomputed
         tampered = second[4].recipe["model"]["model"]  # type: ignore[index]
-        with registry.write() as db:  # the board is read from the table
-            db.execute("UPDATE leaderboard_evals SET recipe = '{\"K\": \"kept\"}'"
-                       " WHERE checkpoint = ?", (tampered,))
+        with registry.write() as db:  # the board is read from the checkpoints' table
+            db.execute("UPDATE leaderboard_checkpoints SET board_row = json_set(board_row,"
+                       " '$.recipe', json('{\"K\": \"kept\"}')) WHERE checkpoint = ?",
+                       (tampered,))
         assert {r.recipe["K"] for r in build_leaderboard(registry).rows
                 if r.checkpoint == tampered} == {"kept"}
         record_runs(registry, late[:3] + evals)
@@ -246,3 +304,21 @@ def test_board_rows_are_computed_once_and_follow_late_parents(tmp_path: Path) ->
     assert (kept.pop(tampered)["K"], fresh.pop(tampered)["K"]) == ("kept", str(
         second[0].recipe["trace"]["top_k"]))  # type: ignore[index]
     assert kept == fresh and len(fresh) == 8
+
+
+def test_a_registry_from_before_the_checkpoints_table_gets_its_board(tmp_path: Path) -> None:
+    """A registry written by docthink before migration 9 (eval rows kept, no checkpoint rows):
+    opening it adds the tables, and the first board fills them from the lineage."""
+    path = tmp_path / "r.sqlite"
+    with Registry(path) as registry:
+        record_runs(registry, history(2, seed=4))
+        expected = build_leaderboard(registry).records()
+        with registry.write() as db:
+            db.execute("DROP TABLE leaderboard_checkpoints")
+            db.execute("DROP TABLE leaderboard_scores")
+            db.execute("UPDATE search_state SET value = '1:old' WHERE key = 'board_version'")
+        registry.db.execute("PRAGMA user_version = 8")
+    with Registry(path) as registry:
+        assert registry.db.execute("SELECT count(*) FROM leaderboard_checkpoints").fetchone() == (0,)
+        assert build_leaderboard(registry).records() == expected and len(expected) == 6
+        assert registry.db.execute("SELECT count(*) FROM leaderboard_checkpoints").fetchone() == (6,)

@@ -262,23 +262,24 @@ def leaderboard(
         if path is not None:
             path.write_text(text, encoding="utf-8")
             _say(f"wrote {path}")
-    if not board.rows:
+    if not len(board):
         _say(EMPTY)
         return
+    head = board.head(limit)
     # The terminal gets the ranked benchmark in full, the others' accuracies and the main recipe
     # columns; the files get every column.
     bench, key = board.ranked_by
     shown = [(bench, label, k) for label, k in METRICS] + [
         (b, label, k) for b in board.benchmarks if b != bench for label, k in METRICS[:2]]
     recipe_cols = [n for n in ("base model", "alpha", "K", "think share", "plain QA ratio")
-                   if any(n in r.recipe for r in board.rows)]
+                   if any(n in r.recipe for r in head)]
     table = Table("#", "checkpoint", title=f"ranked by {bench} {key} (accuracy in %)")
     for b, label, _ in shown:
         table.add_column(f"{b} {label}", justify="right")
     for name in recipe_cols:
         table.add_column(name)
     table.add_column("runs")
-    for rank, row in enumerate(board.rows[:limit], start=1):
+    for rank, row in enumerate(head, start=1):
         values = []
         for b, _, k in shown:
             v = row.value(b, k)
@@ -288,7 +289,7 @@ def leaderboard(
                       *(escape(row.recipe.get(n, "")) for n in recipe_cols),
                       str(len(row.lineage) + len(row.scores)))
     out_console.print(table)
-    _say(f"{len(board.rows)} checkpoint{'' if len(board.rows) == 1 else 's'}; lineage of each: `docthink runs lineage EVAL_RUN`, "
+    _say(f"{len(board)} checkpoint{'' if len(board) == 1 else 's'}; lineage of each: `docthink runs lineage EVAL_RUN`, "
          "or the --html page")
 
 

@@ -12,13 +12,15 @@ from the data to the checkpoint: each run after every run it used.
 from __future__ import annotations
 
 import csv
+import gc
 import heapq
 import io
 import json
 from collections import Counter
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import cast
+from typing import Any, cast
 
 import orjson
 
@@ -82,11 +84,38 @@ class Row:
         return None if score is None else score.values[metric]
 
 
-@dataclass
 class Leaderboard:
-    benchmarks: list[str]
-    rows: list[Row]
-    ranked_by: tuple[str, str]  # (benchmark, metric key)
+    """Rows in rank order. A board read from the registry keeps each row as stored (JSON) and
+    parses them when `rows` is first read: the static page embeds the stored rows as they are,
+    and the terminal parses only the rows it prints (`head`)."""
+
+    def __init__(self, benchmarks: list[str], rows: list[Row] | None,
+                 ranked_by: tuple[str, str], *, stored: list[str] | None = None) -> None:
+        assert (rows is None) != (stored is None), "rows or stored rows, not both"
+        self.benchmarks, self.ranked_by = benchmarks, ranked_by  # (benchmark, metric key)
+        self._rows, self._stored = rows, stored
+
+    def __len__(self) -> int:
+        return len(self._rows if self._rows is not None else self._stored)  # type: ignore[arg-type]
+
+    @property
+    def rows(self) -> list[Row]:
+        if self._rows is None:
+            self._rows = self.head(len(self))
+        return self._rows
+
+    def head(self, n: int) -> list[Row]:
+        """The first `n` rows (only these parsed, for a board not yet parsed)."""
+        if self._rows is not None:
+            return self._rows[:n]
+        with _gc_paused():  # tens of thousands of small containers: no collection in between
+            return [_decode(orjson.loads(r)) for r in self._stored[:n]]  # type: ignore[index]
+
+    def stored(self) -> list[str]:
+        """Each row's JSON as `leaderboard_checkpoints` keeps it, in rank order."""
+        if self._stored is None:
+            self._stored = [_encode(r).decode() for r in self.rows]
+        return self._stored
 
     def columns(self) -> list[str]:
         cols = ["rank", "checkpoint"]
@@ -125,6 +154,17 @@ class Leaderboard:
         return buffer.getvalue()
 
 
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def _lineage(row: Row) -> list[str]:
     return [f"{kind}:{run_id}" for run_id, kind in row.lineage]
 
@@ -150,11 +190,13 @@ def checkpoint_of(recipe: Mapping[str, object]) -> str:
 #
 # What a board row needs from the lineage (a walk over every ancestor, their recipes) is computed
 # once per eval run, when the run is recorded or changes (`run_changes`, read with the cursor
-# `board_seq`), and kept in `leaderboard_evals`; a board is then one read of that table. A run
-# that changes also recomputes the evals that descend from it (a parent recorded late). When the
-# columns below change (BOARD_VERSION), or the table was never filled, every row is recomputed.
+# `board_seq`), and kept in `leaderboard_evals`. A run that changes also recomputes the evals that
+# descend from it (a parent recorded late). The same update recomputes the board row of each
+# checkpoint whose evals changed (its latest score per benchmark, its lineage and recipe) into
+# `leaderboard_checkpoints`, so a board is one read of that table. When the columns below change
+# (BOARD_VERSION), or the tables were never filled, every row of both is recomputed.
 
-BOARD_VERSION = "1:" + json.dumps([[c.name, c.sources] for c in RECIPE_COLUMNS] + [METRICS])
+BOARD_VERSION = "2:" + json.dumps([[c.name, c.sources] for c in RECIPE_COLUMNS] + [METRICS])
 BULK = 2000  # changed runs beyond which every row is recomputed in one pass over all edges
 
 
@@ -204,16 +246,58 @@ def _store(registry: Registry, rows: list[EvalRow], evals: list[str] | None, top
     db = registry.db
     if evals is None:
         db.execute("DELETE FROM leaderboard_evals")
+        db.execute("DELETE FROM leaderboard_checkpoints")
+        stale: set[str] = set()
     else:
+        stale = {c for chunk in _chunks(list(evals)) for (c,) in db.execute(
+            "SELECT DISTINCT checkpoint FROM leaderboard_evals WHERE run_id IN"
+            f" ({', '.join('?' for _ in chunk)})", chunk)}
         db.executemany("DELETE FROM leaderboard_evals WHERE run_id = ?", [(e,) for e in evals])
     db.executemany(
         "INSERT INTO leaderboard_evals (run_id, checkpoint, benchmark, started_at, scores,"
         " lineage, recipe) VALUES (?, ?, ?, ?, ?, ?, ?)",
         [(r.run_id, r.checkpoint, r.benchmark, r.started_at, orjson.dumps(r.scores),
           orjson.dumps(r.lineage), orjson.dumps(r.recipe)) for r in rows])
+    # the board rows of the checkpoints these evals belonged to, or belong to now
+    by_checkpoint: dict[str, list[EvalRow]] = {}
+    if evals is None:
+        for r in rows:
+            by_checkpoint.setdefault(r.checkpoint, []).append(r)
+    else:
+        for checkpoint in sorted(stale | {r.checkpoint for r in rows}):
+            by_checkpoint[checkpoint] = stored_rows(registry, checkpoint)
+    if evals is None:
+        db.execute("DELETE FROM leaderboard_scores")
+    else:
+        db.executemany("DELETE FROM leaderboard_checkpoints WHERE checkpoint = ?",
+                       [(c,) for c in by_checkpoint])
+        db.executemany("DELETE FROM leaderboard_scores WHERE checkpoint = ?",
+                       [(c,) for c in by_checkpoint])
+    board_rows = [checkpoint_row(registry, mine) for mine in by_checkpoint.values() if mine]
+    db.executemany("INSERT INTO leaderboard_checkpoints (checkpoint, board_row) VALUES (?, ?)",
+                   [(r.checkpoint, _encode(r).decode()) for r in board_rows])
+    keys = [key for _, key in METRICS]
+    db.executemany(
+        f"INSERT INTO leaderboard_scores (checkpoint, benchmark, {', '.join(keys)})"
+        f" VALUES (?, ?, {', '.join('?' for _ in keys)})",
+        [(r.checkpoint, b, *(s.values.get(k) for k in keys))
+         for r in board_rows for b, s in r.scores.items()])
     db.execute("INSERT OR REPLACE INTO search_state (key, value) VALUES ('board_version', ?)",
                (BOARD_VERSION,))
     registry.advance("board_seq", top)
+
+
+def _encode(row: Row) -> bytes:
+    return orjson.dumps({
+        "checkpoint": row.checkpoint, "evals": row.evals, "lineage": row.lineage,
+        "recipe": row.recipe,
+        "scores": {b: [s.run_id, s.started_at, s.values] for b, s in row.scores.items()},
+    })
+
+
+def _decode(data: dict[str, Any]) -> Row:  # one `_encode`d row, parsed
+    return Row(data["checkpoint"], {b: Score(*s) for b, s in data["scores"].items()},
+               data["recipe"], [(r, k) for r, k in data["lineage"]], data["evals"])
 
 
 def rows_from_lineage(registry: Registry) -> tuple[list[str], list[EvalRow]]:
@@ -266,7 +350,7 @@ def _parents_of(registry: Registry, ids: Sequence[str]) -> dict[str, list[Edge]]
 def _rows(registry: Registry, evals: Sequence[str],
           parents: dict[str, list[Edge]]) -> list[EvalRow]:
     """The rows of these successful eval runs, given the parent edges of all their ancestors."""
-    heads = {}
+    heads: dict[str, tuple[Any, ...]] = {}
     for chunk in _chunks(list(evals)):
         marks = ", ".join("?" for _ in chunk)
         heads |= {r[0]: r for r in registry.db.execute(
@@ -432,7 +516,7 @@ def _recipe(ancestors: list[dict[str, object]]) -> dict[str, str]:
 
 def _kinds(registry: Registry, ids: list[str]) -> dict[str, tuple[str, str]]:
     """run id -> (kind, started_at), for the runs in this registry."""
-    out = {}
+    out: dict[str, tuple[str, str]] = {}
     for chunk in _chunks(ids):
         marks = ", ".join("?" for _ in chunk)
         out |= {r: (k, t) for r, k, t in registry.db.execute(
@@ -449,26 +533,18 @@ def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
     `benchmark` (default: the most evaluated benchmark; acc_cot when any row has it, else acc);
     rows without that score come last. Reads `leaderboard_evals`, brought up to date first."""
     update_board(registry)
-    rows = []
-    # per checkpoint, its evals' lineage and recipe once (the evals of a checkpoint share their
-    # ancestors; when they do not, `_union` reads them all), then the latest score per benchmark
-    shared = {c: (n, orjson.loads(lineage), orjson.loads(recipe), kinds)
-              for c, n, kinds, lineage, recipe in registry.db.execute(
-                  "SELECT checkpoint, count(*), count(DISTINCT lineage), min(lineage), min(recipe)"
-                  " FROM leaderboard_evals GROUP BY checkpoint")}
-    scores: dict[str, dict[str, Score]] = {}
-    for checkpoint, bench, run_id, started, values in registry.db.execute(
-            "SELECT checkpoint, benchmark, run_id, max(started_at), scores FROM leaderboard_evals"
-            " GROUP BY checkpoint, benchmark"):  # SQLite: the other columns from the max row
-        scores.setdefault(checkpoint, {})[bench] = Score(run_id, started, orjson.loads(values))
-    for checkpoint, (n, lineage, recipe, lineages) in shared.items():
-        if lineages == 1:
-            row = Row(checkpoint, scores[checkpoint], recipe, [tuple(x) for x in lineage], n)
-        else:
-            row = Row(checkpoint, scores[checkpoint], evals=n)
-            row.lineage, row.recipe = _union(registry, stored_rows(registry, checkpoint))
-        rows.append(row)
-    return _ranked(rows, benchmark, metric)
+    db = registry.db
+    counts = dict(db.execute("SELECT benchmark, count(*) FROM leaderboard_scores GROUP BY benchmark"))
+    benchmarks = sorted(counts, key=lambda b: (-counts[b], b))  # ties by name
+    chosen, key = _ranking(benchmarks, benchmark, metric, lambda b: db.execute(
+        "SELECT 1 FROM leaderboard_scores WHERE benchmark = ? AND acc_cot IS NOT NULL LIMIT 1",
+        (b,)).fetchone() is not None)
+    order = "ASC" if key.startswith("mean_output_tokens") else "DESC"  # `key` is a METRICS name
+    stored = [r for (r,) in db.execute(
+        "SELECT c.board_row FROM leaderboard_checkpoints c LEFT JOIN leaderboard_scores s"
+        f" ON s.benchmark = ? AND s.checkpoint = c.checkpoint"
+        f" ORDER BY s.{key} IS NULL, s.{key} {order}, c.checkpoint", (chosen,))]
+    return Leaderboard(benchmarks, None, (chosen, key), stored=stored)
 
 
 def board_from_rows(registry: Registry, rows: Sequence[EvalRow], benchmark: str | None,
@@ -479,25 +555,28 @@ def board_from_rows(registry: Registry, rows: Sequence[EvalRow], benchmark: str 
     by_checkpoint: dict[str, list[EvalRow]] = {}
     for r in rows:
         by_checkpoint.setdefault(r.checkpoint, []).append(r)
-    board_rows = []
-    for evals in by_checkpoint.values():
-        checkpoint = evals[0].checkpoint
-        row = Row(checkpoint, evals=len(evals))
-        for r in sorted(evals, key=lambda r: r.started_at):
-            row.scores[r.benchmark] = Score(r.run_id, r.started_at, r.scores)  # the latest wins
-        first = evals[0]
-        if all(r.lineage == first.lineage for r in evals[1:]):
-            row.lineage, row.recipe = first.lineage, first.recipe
-        else:
-            row.lineage, row.recipe = _union(registry, evals)
-        board_rows.append(row)
-    return _ranked(board_rows, benchmark, metric)
+    return _ranked([checkpoint_row(registry, evals) for evals in by_checkpoint.values()],
+                   benchmark, metric)
+
+
+def checkpoint_row(registry: Registry, evals: Sequence[EvalRow]) -> Row:
+    """A checkpoint's board row from its eval rows (one or more)."""
+    row = Row(evals[0].checkpoint, evals=len(evals))
+    for r in sorted(evals, key=lambda r: (r.started_at, r.run_id)):
+        row.scores[r.benchmark] = Score(r.run_id, r.started_at, r.scores)  # the latest wins
+    first = evals[0]
+    if all(r.lineage == first.lineage for r in evals[1:]):
+        row.lineage, row.recipe = first.lineage, first.recipe
+    else:
+        row.lineage, row.recipe = _union(registry, list(evals))
+    return row
 
 
 def _ranked(rows: list[Row], benchmark: str | None, metric: str | None) -> Leaderboard:
     counts = Counter(b for row in rows for b in row.scores)
     benchmarks = sorted(counts, key=lambda b: (-counts[b], b))  # ties by name, not by row order
-    ranked_by = _ranking(rows, benchmarks, benchmark, metric)
+    ranked_by = _ranking(benchmarks, benchmark, metric, lambda b: any(
+        r.value(b, "acc_cot") is not None for r in rows if b in r.scores))
     rows.sort(key=lambda r: _sort_key(r, *ranked_by))
     return Leaderboard(benchmarks, rows, ranked_by)
 
@@ -513,8 +592,10 @@ def stored_rows(registry: Registry, checkpoint: str | None = None) -> list[EvalR
             for run_id, checkpoint, benchmark, started, scores, lineage, recipe in rows]
 
 
-def _ranking(rows: list[Row], benchmarks: list[str], benchmark: str | None,
-             metric: str | None) -> tuple[str, str]:
+def _ranking(benchmarks: list[str], benchmark: str | None, metric: str | None,
+             has_cot: Callable[[str], bool]) -> tuple[str, str]:
+    """(benchmark, metric key) to rank by: the one asked for (checked), else the most evaluated
+    benchmark and acc_cot where any checkpoint has it on that benchmark, else acc."""
     if benchmark is not None and benchmark not in benchmarks:
         raise KeyError(f"no eval on benchmark {benchmark!r}; benchmarks: {', '.join(benchmarks)}")
     chosen = benchmark if benchmark is not None else (benchmarks[0] if benchmarks else "")
@@ -522,8 +603,7 @@ def _ranking(rows: list[Row], benchmarks: list[str], benchmark: str | None,
     if metric is not None and metric not in keys:
         raise KeyError(f"no metric {metric!r}; metrics: {', '.join(keys)}")
     if metric is None:
-        has_cot = any(r.value(chosen, "acc_cot") is not None for r in rows if chosen in r.scores)
-        metric = "acc_cot" if has_cot else "acc"
+        metric = "acc_cot" if has_cot(chosen) else "acc"
     return chosen, metric
 
 

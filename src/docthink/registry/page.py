@@ -1,15 +1,18 @@
-"""The leaderboard as one static HTML file: no server, no external script or style; rows sort by
-a click on a column header and filter by a text box (inline JavaScript). Every text from the
-registry is HTML-escaped, so a recipe or note holding markup shows as text."""
+"""The leaderboard's table, as one static HTML file (no server, no external script or style) and
+in the web UI: the rows ride in the page as JSON, and an inline script lists them a page at a
+time, sorts them by a click on a column header and filters them by a text box. Texts from the
+registry reach the page as JSON with every `<` escaped and are set as text by the script, so a
+recipe or note holding markup shows as text. TABLE_JS sorts and filters the web UI's other
+tables, rendered as HTML."""
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from datetime import UTC, datetime
 from html import escape
 
-from docthink.registry.leaderboard import EMPTY, METRICS, RECIPE_NAMES, Leaderboard, Row
+import orjson
+
+from docthink.registry.leaderboard import EMPTY, METRICS, RECIPE_NAMES, Leaderboard
 
 # Sorting and filtering for every `table.sortable` and `input[data-filter]`; shared with the web UI.
 TABLE_JS = r"""
@@ -73,25 +76,6 @@ code, .id { font-family: ui-monospace, monospace; font-size: 12px; }
 """
 
 
-def _pct(value: float | None) -> str:
-    return "" if value is None else f"{100 * value:.1f}"
-
-
-def _tokens(value: float | None) -> str:
-    return "" if value is None else f"{value:.0f}"
-
-
-# Recipe values repeat from row to row (base models, learning rates): escaped once each.
-_escape_cached = functools.lru_cache(maxsize=1 << 16)(escape)
-
-
-def _num_cell(value: float | None, text: str, href: str | None = None) -> str:
-    """A number's cell; `text` is the number formatted here (digits and '.'), `href` is escaped."""
-    data = "" if value is None else repr(value)
-    shown = text if href is None else f'<a href="{escape(href)}">{text}</a>'
-    return f'<td class="num" data-value="{data}">{shown}</td>'
-
-
 def header_cells(board: Leaderboard) -> str:
     cells = ['<th data-type="num">rank</th>', "<th>checkpoint</th>"]
     for b in board.benchmarks:
@@ -102,58 +86,200 @@ def header_cells(board: Leaderboard) -> str:
     return "".join(cells)
 
 
-def row_cells(board: Leaderboard, rank: int, row: Row, lineage_href: str,
-              run_href: Callable[[str], str] | None) -> str:
-    checkpoint = escape(row.checkpoint)
-    cells = [f'<td class="num" data-value="{rank}">{rank}</td>', f"<td>{checkpoint}</td>"]
-    for b in board.benchmarks:
-        for _, key in METRICS:
-            value = row.value(b, key)
-            text = _tokens(value) if key.startswith("mean_output_tokens") else _pct(value)
-            href = (run_href(row.scores[b].run_id)
-                    if value is not None and run_href is not None else None)
-            cells.append(_num_cell(value, text, href))
-    recipe = row.recipe
-    cells += [f"<td>{_escape_cached(recipe[name])}</td>" if name in recipe else "<td></td>"
-              for name in RECIPE_NAMES]
-    cells.append(f'<td class="num" data-value="{len(row.lineage)}">'
-                 f'<a href="{escape(lineage_href)}">{len(row.lineage)} runs</a></td>')
-    return "".join(cells)
+# The static page's table, built in the browser from the rows embedded as JSON: a page of 30,000
+# checkpoints is written in a fraction of a second instead of formatting a million cells here,
+# and the browser lays out only the rows listed (PAGE at a time) rather than all of them.
+BOARD_JS = r"""
+(function () {
+  var PAGE = 500;
+  var data = JSON.parse(document.getElementById('board-data').textContent);
+  var nb = data.benchmarks.length, nm = data.metrics.length, nr = data.recipe.length;
+  function score(r, k) {  // k: benchmark-major index of a metric column
+    var b = data.benchmarks[Math.floor(k / nm)];
+    var s = own(r.scores, b) ? r.scores[b] : undefined;
+    var v = s === undefined ? undefined : s[2][data.metrics[k % nm]];
+    return v === undefined ? null : v;
+  }
+  function own(o, key) { return Object.prototype.hasOwnProperty.call(o, key); }
+  function recipe(r, k) { return own(r.recipe, data.recipe[k]) ? r.recipe[data.recipe[k]] : null; }
+  function metrics(r) { var out = []; for (var k = 0; k < nb * nm; k++) { out.push(score(r, k)); } return out; }
+  function recipes(r) { var out = []; for (var k = 0; k < nr; k++) { out.push(recipe(r, k)); } return out; }
+  var table = document.getElementById('board');
+  var heads = table.tHead.rows[0].cells;
+  var body = table.tBodies[0];
+  var input = document.querySelector('input[data-filter=board]');
+  var shown = document.getElementById('board-shown');
+  var more = document.getElementById('board-more');
+  var view = data.rows.map(function (_, i) { return i; });
+  var limit = PAGE, texts = null;
+
+  // data.runs: where run pages are (the web UI), null on the static page
+  function runHref(id) { return data.runs + encodeURIComponent(id); }
+  function latest(r) {  // the eval run of the checkpoint's newest score
+    var best = null;
+    Object.keys(r.scores).forEach(function (b) { if (best === null || r.scores[b][1] > best[1]) { best = r.scores[b]; } });
+    return best[0];
+  }
+  function metricText(value, m) {
+    if (value === null) { return ''; }
+    return data.metrics[m].indexOf('mean_output_tokens') === 0 ? value.toFixed(0) : (100 * value).toFixed(1);
+  }
+  // column c of row i: the value sorted on (null: blank, sorts last)
+  function value(i, c) {
+    var r = data.rows[i];
+    if (c === 0) { return i + 1; }
+    if (c === 1) { return r.checkpoint; }
+    c -= 2;
+    if (c < nb * nm) { return score(r, c); }
+    c -= nb * nm;
+    if (c < nr) { return recipe(r, c); }
+    return r.lineage.length;
+  }
+  function rowText(i) {
+    var r = data.rows[i], parts = [String(i + 1), r.checkpoint];
+    metrics(r).forEach(function (v, k) { parts.push(metricText(v, k % nm)); });
+    recipes(r).forEach(function (v) { if (v !== null) { parts.push(v); } });
+    parts.push(r.lineage.length + ' runs');
+    return parts.join(' ').toLowerCase();
+  }
+  function cell(tr, text, numeric, href) {
+    var td = tr.insertCell();
+    if (numeric) { td.className = 'num'; }
+    if (href) {
+      var a = document.createElement('a');
+      a.href = href; a.textContent = text; td.appendChild(a);
+    } else {
+      td.textContent = text;
+    }
+  }
+  function render() {
+    var rows = document.createDocumentFragment();
+    view.slice(0, limit).forEach(function (i) {
+      var r = data.rows[i], tr = document.createElement('tr');
+      cell(tr, String(i + 1), true);
+      cell(tr, r.checkpoint, false);
+      metrics(r).forEach(function (v, k) {
+        var s = r.scores[data.benchmarks[Math.floor(k / nm)]];
+        cell(tr, metricText(v, k % nm), true, v !== null && data.runs ? runHref(s[0]) : null);
+      });
+      recipes(r).forEach(function (v) { cell(tr, v === null ? '' : v, false); });
+      cell(tr, r.lineage.length + ' runs', true, data.runs ? runHref(latest(r)) + '#lineage' : '#lineage-' + (i + 1));
+      rows.appendChild(tr);
+    });
+    body.replaceChildren(rows);
+    shown.textContent = view.length;
+    more.hidden = view.length <= limit;
+    more.textContent = 'listed ' + Math.min(limit, view.length) + ' of ' + view.length + '; show ' + PAGE + ' more';
+  }
+  function filtered() {
+    var words = input.value.toLowerCase().split(/\s+/).filter(Boolean);
+    if (!words.length) { return data.rows.map(function (_, i) { return i; }); }
+    if (texts === null) { texts = data.rows.map(function (_, i) { return rowText(i); }); }
+    return data.rows.map(function (_, i) { return i; }).filter(function (i) {
+      return words.every(function (w) { return texts[i].indexOf(w) >= 0; });
+    });
+  }
+  var sortBy = null;
+  function sorted(rows) {
+    if (sortBy === null) { return rows; }
+    var c = sortBy[0], ascending = sortBy[1], numeric = heads[c].getAttribute('data-type') === 'num';
+    return rows.sort(function (a, b) {
+      var x = value(a, c), y = value(b, c);
+      if (x === null || y === null) { return (x === null) - (y === null) || a - b; }  // blanks last
+      var order = numeric ? x - y : String(x).localeCompare(String(y));
+      return (ascending ? order : -order) || a - b;
+    });
+  }
+  Array.prototype.forEach.call(heads, function (th, c) {
+    th.addEventListener('click', function () {
+      var ascending = th.getAttribute('aria-sort') !== 'ascending';
+      Array.prototype.forEach.call(heads, function (h) { h.removeAttribute('aria-sort'); });
+      th.setAttribute('aria-sort', ascending ? 'ascending' : 'descending');
+      sortBy = [c, ascending];
+      view = sorted(view);
+      render();
+    });
+  });
+  input.addEventListener('input', function () { view = sorted(filtered()); limit = PAGE; render(); });
+  more.addEventListener('click', function () { limit += PAGE; render(); });
+
+  function showLineage() {
+    var rank = parseInt((location.hash.match(/^#lineage-(\d+)$/) || [])[1], 10);
+    var box = document.getElementById('lineage');
+    if (box === null || !(rank >= 1 && rank <= data.rows.length)) { return; }
+    var r = data.rows[rank - 1], section = document.createElement('section');
+    section.id = 'lineage-' + rank;
+    var h = document.createElement('h3');
+    h.textContent = rank + '. ' + r.checkpoint;
+    var p = document.createElement('p'), ids = document.createElement('span');
+    p.textContent = 'eval runs: '; ids.className = 'id';
+    ids.textContent = data.benchmarks.filter(function (b) { return own(r.scores, b); })
+      .map(function (b) { return r.scores[b][0]; }).join(', ');
+    p.appendChild(ids);
+    var ol = document.createElement('ol');
+    r.lineage.forEach(function (step) {
+      var li = document.createElement('li'), id = document.createElement('span'), kind = document.createElement('span');
+      id.className = 'id'; id.textContent = step[0];
+      kind.className = 'muted'; kind.textContent = step[1];
+      li.append(id, ' ', kind); ol.appendChild(li);
+    });
+    if (!r.lineage.length) {
+      var none = document.createElement('li');
+      none.className = 'muted'; none.textContent = 'no ancestor runs recorded'; ol.appendChild(none);
+    }
+    section.append(h, p, ol);
+    box.replaceChildren(section);
+    section.scrollIntoView();
+  }
+  window.addEventListener('hashchange', showLineage);
+  render();
+  showLineage();
+})();
+"""
+
+
+def board_data(board: Leaderboard, runs: str | None = None) -> str:
+    """What the page's script reads: {benchmarks, metrics, recipe (column names), runs (where run
+    pages are, or null), rows}, the rows in rank order as `leaderboard_checkpoints` keeps them
+    ({checkpoint, evals, lineage, recipe, scores: {benchmark: [eval run, started, {metric:
+    value}]}}). Every `<` is escaped, so no text from the registry can end the script element."""
+    head = orjson.dumps({"benchmarks": board.benchmarks, "metrics": [k for _, k in METRICS],
+                         "recipe": RECIPE_NAMES, "runs": runs}).decode()
+    rows = ",".join(board.stored())
+    return f'{head[:-1]},"rows":[{rows}]}}'.replace("<", "\\u003c")
+
+
+def board_table(board: Leaderboard, runs: str | None = None) -> str:
+    """The filter box, the table (filled by BOARD_JS) and the rows' data; `runs`: the web UI's
+    run pages (scores and lineage link there), None: a static page (lineage shown below)."""
+    lineage = ('<h2>Lineage</h2><div id="lineage"><p class="muted">a row\'s "runs" link shows '
+               "its lineage here</p></div>") if runs is None else ""
+    return (
+        "<noscript><p>This table lists its rows with JavaScript; `docthink leaderboard --csv` "
+        "or `--json` exports the same rows.</p></noscript>"
+        '<input type="search" data-filter="board" placeholder="filter rows (all words)" '
+        'aria-label="filter rows"> <span class="muted"><span id="board-shown">'
+        f"{len(board)}</span> shown</span>"
+        f'<table id="board"><thead><tr>{header_cells(board)}</tr></thead><tbody></tbody></table>'
+        f'<button id="board-more" hidden></button>{lineage}'
+        f'<script type="application/json" id="board-data">{board_data(board, runs)}</script>'
+        f"<script>{BOARD_JS}</script>"
+    )
 
 
 def render_static(board: Leaderboard, title: str = "docthink leaderboard") -> str:
-    """The whole page; lineage of each row in a section below the table, linked from the row."""
+    """The whole page: the rows as JSON, listed, sorted and filtered by its own script; the
+    lineage of a row shown below the table when its link is followed."""
     benchmark, metric = board.ranked_by
-    rows = []
-    sections = []
-    for rank, row in enumerate(board.rows, start=1):
-        anchor = f"lineage-{rank}"
-        rows.append(f"<tr>{row_cells(board, rank, row, '#' + anchor, None)}</tr>")
-        items = "".join(
-            f'<li><span class="id">{escape(run_id)}</span> <span class="muted">{escape(kind)}</span></li>'
-            for run_id, kind in row.lineage
-        )
-        evals = ", ".join(escape(s.run_id) for s in row.scores.values())
-        sections.append(
-            f'<section id="{anchor}"><h3>{rank}. {escape(row.checkpoint)}</h3>'
-            f'<p>eval runs: <span class="id">{evals}</span></p>'
-            f"<ol>{items or '<li class=muted>no ancestor runs recorded</li>'}</ol></section>"
-        )
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
-    empty = "" if board.rows else f'<p id="empty">{escape(EMPTY)}</p>'
+    empty = "" if len(board) else f'<p id="empty">{escape(EMPTY)}</p>'
     return (
         "<!doctype html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">"
         f"<title>{escape(title)}</title><style>{STYLE}</style></head><body>"
         f"<h1>{escape(title)}</h1>"
         f"{empty}"
-        f"<p>{len(board.rows)} checkpoints, ranked by {escape(benchmark)} {escape(metric)}; "
+        f"<p>{len(board)} checkpoints, ranked by {escape(benchmark)} {escape(metric)}; "
         f"accuracy in %, tokens = mean output tokens. Generated {generated}. "
         "Click a column header to sort.</p>"
-        '<input type="search" data-filter="board" placeholder="filter rows (all words)" '
-        'aria-label="filter rows"> <span class="muted"><span id="board-shown">'
-        f"{len(board.rows)}</span> shown</span>"
-        f'<table id="board" class="sortable"><thead><tr>{header_cells(board)}</tr></thead>'
-        f"<tbody>{''.join(rows)}</tbody></table>"
-        f"<h2>Lineage</h2>{''.join(sections)}"
-        f"<script>{TABLE_JS}</script></body></html>\n"
+        f"{board_table(board)}</body></html>\n"
     )

@@ -35,7 +35,7 @@ from docthink.registry.explorer import (
 from docthink.registry.index import look, skipped_files, skipped_line, update_index
 from docthink.registry.leaderboard import EMPTY, build_leaderboard
 from docthink.registry.lineage import ancestors, descendants
-from docthink.registry.page import STYLE, TABLE_JS, header_cells, row_cells
+from docthink.registry.page import STYLE, TABLE_JS, board_table
 from docthink.registry.search import MARK_END, MARK_START, Searcher, VectorCache
 from docthink.runs.registry import Registry, RunFilter, RunRecord
 
@@ -121,12 +121,9 @@ def create_app(registry_path: Path, encoder: MiniLM | None) -> FastAPI:
             except KeyError as exc:
                 raise HTTPException(404, exc.args[0]) from None
             ablations = registry.ablations()
-        rows = []
-        for rank, row in enumerate(board.rows, start=1):
-            latest = max(row.scores.values(), key=lambda s: s.started_at).run_id
-            rows.append(Markup(row_cells(board, rank, row, run_href(latest) + "#lineage", run_href)))
-        return render("leaderboard.html", board=board, header=Markup(header_cells(board)),
-                      rows=rows, empty=EMPTY, ablations=ablations)
+        return render("leaderboard.html", board=board, count=len(board),
+                      table=Markup(board_table(board, runs=run_href(""))), empty=EMPTY,
+                      ablations=ablations)
 
     @app.get("/ablations/{name}", response_class=HTMLResponse)
     def ablation_page(name: str) -> HTMLResponse:

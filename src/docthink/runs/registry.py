@@ -194,6 +194,25 @@ MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (ablation, point)
     );
     """,
+    # 9: the leaderboard's rows, one per checkpoint, kept with `leaderboard_evals` (the same
+    # update): its latest score per benchmark, its lineage and recipe, as the board shows them,
+    # and those scores again as columns, so a board is ranked and read in one query.
+    """
+    CREATE TABLE leaderboard_checkpoints (
+        checkpoint TEXT PRIMARY KEY,
+        board_row TEXT NOT NULL          -- JSON {checkpoint, evals, scores, lineage, recipe}
+    );
+    CREATE TABLE leaderboard_scores (    -- each checkpoint's latest score per benchmark
+        checkpoint TEXT NOT NULL,
+        benchmark TEXT NOT NULL,
+        acc REAL,
+        acc_cot REAL,
+        mean_output_tokens REAL,
+        mean_output_tokens_cot REAL,
+        PRIMARY KEY (benchmark, checkpoint)
+    );
+    CREATE INDEX leaderboard_scores_checkpoint ON leaderboard_scores(checkpoint);
+    """,
 )
 
 
