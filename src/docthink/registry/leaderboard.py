@@ -531,7 +531,8 @@ def build_leaderboard(registry: Registry, *, benchmark: str | None = None,
                       metric: str | None = None) -> Leaderboard:
     """Every checkpoint with a successful eval, ranked by `metric` (acc, acc_cot, ...) on
     `benchmark` (default: the most evaluated benchmark; acc_cot when any row has it, else acc);
-    rows without that score come last. Reads `leaderboard_evals`, brought up to date first."""
+    rows without that score come last. One ranked read of `leaderboard_checkpoints`, brought up
+    to date first; the rows are parsed only when read (`Leaderboard.rows`, `head`)."""
     update_board(registry)
     db = registry.db
     counts = dict(db.execute("SELECT benchmark, count(*) FROM leaderboard_scores GROUP BY benchmark"))
