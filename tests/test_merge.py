@@ -528,3 +528,30 @@ def test_extrapolation_needs_the_flag(tmp_path: Path) -> None:
     assert (err <= bf16_ulp(expected)).all()
     (record,) = Registry(registry).list(kind="merge")
     assert record.recipe["extrapolate"] is True and record.recipe["alphas"] == [-0.5]
+
+
+def test_the_appender_writes_every_byte_whatever_the_path(tmp_path: Path) -> None:
+    """Outputs are appended through a pipe (vmsplice + splice): pieces of odd sizes, one larger
+    than the pipe, a read-only header and an empty piece land byte for byte, and a buffer reused
+    at once after `append` returns does not change what was written. A file splice refuses
+    (O_APPEND: EINVAL) gets the same bytes by write(2)."""
+    import numpy as np
+
+    from docthink.merge.safetensors_io import Appender
+
+    rng = np.random.default_rng(7)
+    pieces = [rng.integers(0, 256, n, dtype=np.uint8) for n in (1, 4095, 3 << 20, 0, 65537)]
+    header = memoryview(b"header: read-only bytes")
+    for flags, name in ((0, "spliced"), (os.O_APPEND, "appended")):
+        path = tmp_path / name
+        out = Appender(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | flags, 0o644))
+        out.append(header)
+        expected = bytes(header)
+        for piece in pieces:
+            out.append(memoryview(piece))
+            expected += piece.tobytes()
+            piece[:] = 0  # reused at once
+        out.close()
+        assert path.read_bytes() == expected, name
+        spliced = sys.platform == "linux" and flags != os.O_APPEND
+        assert out.spliced == (len(expected) - len(header) if spliced else 0), name

@@ -1,4 +1,5 @@
-"""Safetensors read and write by hand: headers parsed here, bytes moved with plain file reads.
+"""Safetensors read and write by hand: headers parsed here, bytes read with plain file reads and
+appended to outputs through a pipe (`Appender`).
 
 Plain `pread` into one reused buffer keeps resident memory at the size of that buffer;
 `safe_open` maps whole files and its pages count against the process (2.7 GB against 1.2 GB
@@ -7,9 +8,14 @@ measured on a 0.575B model).
 
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import functools
 import json
 import os
 import struct
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -171,6 +177,88 @@ def write_all(fd: int, data: memoryview) -> None:
     done = 0
     while done < len(data):
         done += os.write(fd, data[done:])
+
+
+class Appender:
+    """Appends bytes to a file open for writing, and closes it.
+
+    On Linux the bytes go through a pipe: vmsplice(2) lends the caller's pages to the pipe and
+    splice(2) copies them into the file inside the kernel, as `sendfile` does. On the VMs measured
+    (benchmarks/bench_merge.py) write(2) of 1.26 GB into new page-cache pages took 1.26-2.14 CPU-s
+    and this 0.43-0.48 s. Each `append` returns once every byte is in the file's page cache, so the
+    caller may reuse its buffer at once. Elsewhere, for read-only buffers (a header) and for a
+    file whose filesystem refuses splice (EINVAL, at the first append), write(2) is used."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd, self.pipe = fd, _pipe() if sys.platform == "linux" else None
+        self.spliced = 0
+
+    def append(self, data: memoryview) -> None:
+        if self.pipe is None or data.readonly or not data.nbytes:
+            write_all(self.fd, data)
+            return
+        read_end, write_end, size = self.pipe
+        address = np.frombuffer(data, np.uint8).ctypes.data
+        done = 0
+        while done < data.nbytes:
+            lent = _vmsplice(write_end, address + done, min(size, data.nbytes - done))
+            while lent:
+                try:
+                    moved = os.splice(read_end, self.fd, lent)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or self.spliced:
+                        raise
+                    self._close_pipe()  # the filesystem has no splice: write, from the start
+                    write_all(self.fd, data)
+                    return
+                lent -= moved
+                done += moved
+                self.spliced += moved
+
+    def close(self) -> None:
+        self._close_pipe()
+        os.close(self.fd)
+
+    def _close_pipe(self) -> None:
+        if self.pipe is not None:
+            os.close(self.pipe[0])
+            os.close(self.pipe[1])
+            self.pipe = None
+
+
+_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
+
+
+def _pipe() -> tuple[int, int, int]:
+    """A pipe (read end, write end, capacity), widened to 1 MiB where the system allows."""
+    read_end, write_end = os.pipe()
+    try:
+        fcntl.fcntl(write_end, _F_SETPIPE_SZ, 1 << 20)
+    except OSError:  # over the user's pipe-buffer quota: the default capacity serves, in more calls
+        pass
+    return read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+
+
+class _IoVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+@functools.cache
+def _libc_vmsplice():  # type: ignore[no-untyped-def]
+    fn = ctypes.CDLL(None, use_errno=True).vmsplice
+    fn.argtypes = [ctypes.c_int, ctypes.POINTER(_IoVec), ctypes.c_ulong, ctypes.c_uint]
+    fn.restype = ctypes.c_ssize_t
+    return fn
+
+
+def _vmsplice(pipe: int, address: int, length: int) -> int:
+    """Lend `length` bytes at `address` to the pipe; how many it took (at most its capacity)."""
+    vec = _IoVec(address, length)
+    n = _libc_vmsplice()(pipe, ctypes.byref(vec), 1, 0)
+    if n < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"vmsplice: {os.strerror(err)}")
+    return int(n)
 
 
 def header_bytes(entries: list[tuple[str, str, tuple[int, ...], int]]) -> bytes:

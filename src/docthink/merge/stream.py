@@ -39,12 +39,12 @@ from docthink.merge.plan import TensorPlan, load_raw
 from docthink.merge.safetensors_io import (
     FLOAT_DTYPES,
     ITEMSIZE,
+    Appender,
     CheckpointError,
     TensorRef,
     header_bytes,
     read_into,
     shard_names,
-    write_all,
 )
 
 _ALIGN = 64
@@ -147,7 +147,7 @@ class _ShardWriter:
 
     def __init__(self, path: Path, streamer: _Streamer) -> None:
         self.path, self.streamer = path, streamer
-        self.fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        self.file = Appender(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
         self.hash, self.written = hasher(), 0
 
     def write(self, data: memoryview) -> None:
@@ -155,14 +155,14 @@ class _ShardWriter:
 
     def _write(self, data: memoryview) -> None:
         self.hash.update(data)
-        write_all(self.fd, data)
+        self.file.append(data)
         self.written += len(data)
 
     def close(self, size: int) -> Future:
         return self.streamer.lanes.submit(self.path.parent, self._close, size)
 
     def _close(self, size: int) -> str:
-        os.close(self.fd)
+        self.file.close()
         if self.written != size:
             raise AssertionError(f"{self.path}: wrote {self.written} of {size} bytes")
         return self.hash.hexdigest()
