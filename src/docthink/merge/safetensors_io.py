@@ -226,17 +226,14 @@ class Appender:
             self.pipe = None
 
 
-_F_SETPIPE_SZ, _F_GETPIPE_SZ = 1031, 1032
-
-
 def _pipe() -> tuple[int, int, int]:
     """A pipe (read end, write end, capacity), widened to 1 MiB where the system allows."""
     read_end, write_end = os.pipe()
     try:
-        fcntl.fcntl(write_end, _F_SETPIPE_SZ, 1 << 20)
+        fcntl.fcntl(write_end, fcntl.F_SETPIPE_SZ, 1 << 20)
     except OSError:  # over the user's pipe-buffer quota: the default capacity serves, in more calls
         pass
-    return read_end, write_end, fcntl.fcntl(write_end, _F_GETPIPE_SZ)
+    return read_end, write_end, fcntl.fcntl(write_end, fcntl.F_GETPIPE_SZ)
 
 
 class _IoVec(ctypes.Structure):

@@ -245,9 +245,8 @@ def _store(registry: Registry, rows: list[EvalRow], evals: list[str] | None, top
     inside `registry.write()`."""
     db = registry.db
     if evals is None:
-        db.execute("DELETE FROM leaderboard_evals")
-        db.execute("DELETE FROM leaderboard_checkpoints")
-        stale: set[str] = set()
+        for table in ("leaderboard_evals", "leaderboard_checkpoints", "leaderboard_scores"):
+            db.execute(f"DELETE FROM {table}")
     else:
         stale = {c for chunk in _chunks(list(evals)) for (c,) in db.execute(
             "SELECT DISTINCT checkpoint FROM leaderboard_evals WHERE run_id IN"
@@ -259,20 +258,12 @@ def _store(registry: Registry, rows: list[EvalRow], evals: list[str] | None, top
         [(r.run_id, r.checkpoint, r.benchmark, r.started_at, orjson.dumps(r.scores),
           orjson.dumps(r.lineage), orjson.dumps(r.recipe)) for r in rows])
     # the board rows of the checkpoints these evals belonged to, or belong to now
-    by_checkpoint: dict[str, list[EvalRow]] = {}
     if evals is None:
-        for r in rows:
-            by_checkpoint.setdefault(r.checkpoint, []).append(r)
+        by_checkpoint = _by_checkpoint(rows)
     else:
-        for checkpoint in sorted(stale | {r.checkpoint for r in rows}):
-            by_checkpoint[checkpoint] = stored_rows(registry, checkpoint)
-    if evals is None:
-        db.execute("DELETE FROM leaderboard_scores")
-    else:
-        db.executemany("DELETE FROM leaderboard_checkpoints WHERE checkpoint = ?",
-                       [(c,) for c in by_checkpoint])
-        db.executemany("DELETE FROM leaderboard_scores WHERE checkpoint = ?",
-                       [(c,) for c in by_checkpoint])
+        by_checkpoint = {c: stored_rows(registry, c) for c in sorted(stale | {r.checkpoint for r in rows})}
+        for table in ("leaderboard_checkpoints", "leaderboard_scores"):
+            db.executemany(f"DELETE FROM {table} WHERE checkpoint = ?", [(c,) for c in by_checkpoint])
     board_rows = [checkpoint_row(registry, mine) for mine in by_checkpoint.values() if mine]
     db.executemany("INSERT INTO leaderboard_checkpoints (checkpoint, board_row) VALUES (?, ?)",
                    [(r.checkpoint, _encode(r).decode()) for r in board_rows])
@@ -553,11 +544,15 @@ def board_from_rows(registry: Registry, rows: Sequence[EvalRow], benchmark: str 
     """The board from eval rows: per checkpoint the latest score on each benchmark, and the
     lineage and recipe its evals share (evals of one checkpoint with different ancestors: their
     union, ordered and read again)."""
-    by_checkpoint: dict[str, list[EvalRow]] = {}
-    for r in rows:
-        by_checkpoint.setdefault(r.checkpoint, []).append(r)
-    return _ranked([checkpoint_row(registry, evals) for evals in by_checkpoint.values()],
+    return _ranked([checkpoint_row(registry, evals) for evals in _by_checkpoint(rows).values()],
                    benchmark, metric)
+
+
+def _by_checkpoint(rows: Sequence[EvalRow]) -> dict[str, list[EvalRow]]:
+    grouped: dict[str, list[EvalRow]] = {}
+    for r in rows:
+        grouped.setdefault(r.checkpoint, []).append(r)
+    return grouped
 
 
 def checkpoint_row(registry: Registry, evals: Sequence[EvalRow]) -> Row:

@@ -110,7 +110,8 @@ BOARD_JS = r"""
   var input = document.querySelector('input[data-filter=board]');
   var shown = document.getElementById('board-shown');
   var more = document.getElementById('board-more');
-  var view = data.rows.map(function (_, i) { return i; });
+  function every() { return data.rows.map(function (_, i) { return i; }); }  // rank order
+  var view = every();
   var limit = PAGE, texts = null;
 
   // data.runs: where run pages are (the web UI), null on the static page
@@ -173,9 +174,9 @@ BOARD_JS = r"""
   }
   function filtered() {
     var words = input.value.toLowerCase().split(/\s+/).filter(Boolean);
-    if (!words.length) { return data.rows.map(function (_, i) { return i; }); }
-    if (texts === null) { texts = data.rows.map(function (_, i) { return rowText(i); }); }
-    return data.rows.map(function (_, i) { return i; }).filter(function (i) {
+    if (!words.length) { return every(); }
+    if (texts === null) { texts = every().map(rowText); }
+    return every().filter(function (i) {
       return words.every(function (w) { return texts[i].indexOf(w) >= 0; });
     });
   }
