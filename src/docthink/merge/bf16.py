@@ -5,7 +5,7 @@ three float ops, four integer ops and a strided copy to round back to bf16; 3.2-
 on one thread here. This loop does the same float32 operations in the same order, value by value,
 and rounds the same way (to nearest even on the float32 bits), so its results are bit-identical
 (tests/test_merge.py checks it against the numpy kernel): 0.5 ns per value. Compiled once and
-cached on disk (`cache=True`); importing numba costs 0.4-0.7 s, paid by a merge only.
+cached on disk (`cache=True`); importing numba costs 0.3-0.7 s, paid by a merge only.
 """
 
 from __future__ import annotations
