@@ -558,7 +558,7 @@ def test_the_appender_writes_every_byte_whatever_the_path(tmp_path: Path) -> Non
 
 
 def test_the_fused_bf16_kernel_equals_the_numpy_kernel_bit_for_bit() -> None:
-    """bf16.py (numba) against the numpy kernel it replaced for bf16, over every bf16 bit pattern
+    """bf16.py (the compiled loop) against the numpy kernel it replaced for bf16, over every bf16 bit pattern
     (NaN, infinities, subnormals, both zeros) as base and as tuned, with a tuned checkpoint, a
     LoRA delta, or both, at strengths inside and outside [0, 1]."""
     import numpy as np
@@ -581,3 +581,26 @@ def test_the_fused_bf16_kernel_equals_the_numpy_kernel_bit_for_bit() -> None:
             for alpha, got, want in zip(alphas, fused, reference, strict=True):
                 assert np.array_equal(got, want), (alpha, t is None, d is None)
     combiner.close()
+
+
+def test_the_fused_bf16_kernel_refuses_arrays_it_would_read_past() -> None:
+    """The compiled loop takes raw pointers: arrays of the wrong type, layout or length are
+    refused before it runs (a length mismatch would read or write past the smaller array)."""
+    import numpy as np
+
+    from docthink.merge import bf16
+
+    base, out = np.arange(8, dtype=np.uint16), np.empty(8, np.uint16)
+    bad = {
+        "tuned: want a contiguous 1-d uint16": (np.arange(8, dtype=np.int32), None, out),
+        "tuned: 4 values for 8": (base[:4], None, out),
+        "delta: want a contiguous 1-d float32": (None, np.ones(16, np.float32)[::2], out),
+        "out: want a contiguous 1-d uint16": (base, None, np.empty((2, 4), np.uint16)),
+        "out: read-only": (base, None, np.frombuffer(bytes(16), np.uint16)),
+        "lerp needs tuned values, a delta, or both": (None, None, out),
+    }
+    for message, (tuned, delta, target) in bad.items():
+        with pytest.raises((TypeError, ValueError), match=message):
+            bf16.lerp(base, tuned, delta, 0.5, target)
+    bf16.lerp(base, base, np.ones(8, np.float32), 0.5, out)  # bf16 0..7 are subnormals, +0.5
+    assert np.array_equal(out, np.full(8, 0x3F00, np.uint16))

@@ -58,7 +58,7 @@ def merge_checkpoints(
     outs: Sequence[Path],
     *,
     shard_size: int = 5 * 2**30,
-    chunk_bytes: int = 256 * 2**20,
+    chunk_bytes: int = 32 * 2**20,
     progress: bool = False,
     overwrite: bool = False,
     known_digest: KnownDigest = lambda path, fingerprint: None,

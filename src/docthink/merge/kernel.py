@@ -1,7 +1,7 @@
 """`base + alpha * delta` over raw tensor bytes, in float32, rounded once to the stored dtype.
 
 Split across threads (the loops release the GIL). bf16, what checkpoints are stored in, runs one
-fused loop compiled by numba (bf16.py: 0.5 ns/value per thread here); the other dtypes run numpy
+fused loop compiled by LLVM (bf16.py: 0.6 ns/value per thread here); the other dtypes run numpy
 over cache-sized blocks (3.2-3.7 ns/value for bf16 when it ran here too). torch's fused bf16
 `lerp` was 4x faster than numpy, but importing torch alone costs 1.8 s and 650 MB of resident
 memory, more than the whole merge of a 0.6B model needs without it.
@@ -58,7 +58,7 @@ class Combiner:
     """Computes `base + alpha * ((tuned - base) + delta)` for several alphas at once."""
 
     def __init__(self, threads: int | None = None) -> None:
-        # half the cores: the other half hash the same bytes (stream.py); more kernel threads
+        # half the cores: the other half hash and write the same bytes (stream.py); more kernel threads
         # than that only add GIL hand-offs (sys time) on a 2-core machine
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="merge-kernel")
@@ -90,16 +90,18 @@ class Combiner:
             job.result()
 
 
-_NO_BF16, _NO_F32 = np.empty(0, np.uint16), np.empty(0, np.float32)
-
-
 def _combine_range(codec, base, tuned, delta, alphas, outs, start: int, stop: int) -> None:
     if codec is CODECS["BF16"]:  # the common case: one fused, compiled loop (bf16.py)
         from docthink.merge import bf16
 
         for alpha, out in zip(alphas, outs):
-            bf16.lerp(base[start:stop], _NO_BF16 if tuned is None else tuned[start:stop],
-                      _NO_F32 if delta is None else delta[start:stop], alpha, out[start:stop])
+            bf16.lerp(
+                base[start:stop],
+                None if tuned is None else tuned[start:stop],
+                None if delta is None else delta[start:stop],
+                alpha,
+                out[start:stop],
+            )
         return
     numpy_range(codec, base, tuned, delta, alphas, outs, start, stop)
 

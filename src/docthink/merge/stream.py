@@ -3,7 +3,11 @@
 Peak memory is the arena (`chunk_bytes`) whatever the model size. The arena has two halves:
 while piece k+1 is read and combined in one half, piece k's bytes in the other are hashed
 (inputs and outputs) and written (outputs). Each byte stream (the base folder, the tuned folder,
-each output) has its own single-thread lane, so its hash and its file see its bytes in order.
+each output) has its own single-thread lanes, one that hashes and, for an output, one that writes,
+so its hash and its file see its bytes in order. With the default arena (32 MiB, in core.py)
+merges of a 0.63B model took 0.2 s less than with 256 MiB (median of 5, interleaved; fewer new
+pages to fault in, and the lanes read bytes the kernel has just written), at 157 MB peak RSS
+instead of 386 MB.
 
 Nothing is read twice for its digest: inputs are hashed as the merge reads them (in file order:
 the merge walks the base in file order, and a tuned checkpoint saved by the same code has the same
@@ -107,10 +111,12 @@ class _Watched:
 
     def __init__(self, inputs: list[Path], known_digest: KnownDigest) -> None:
         self.before = {p: (time.time_ns(), fingerprint(p)) for p in inputs}
-        self.known = {p: d for p, (_, fp) in self.before.items()
-                      if (d := known_digest(p, fp)) is not None}
-        self.fed = {p: _InputHash(p) for p in inputs
-                    if p.suffix == ".safetensors" and p not in self.known}
+        self.known = {
+            p: d for p, (_, fp) in self.before.items() if (d := known_digest(p, fp)) is not None
+        }
+        self.fed = {
+            p: _InputHash(p) for p in inputs if p.suffix == ".safetensors" and p not in self.known
+        }
 
     def digest(self, path: Path) -> FileDigest:
         """The input's digest, once the merge is done with it."""
@@ -126,14 +132,15 @@ class _Watched:
 
 
 class _Lanes:
-    """One single-thread executor per byte stream: its hash updates run in submission order."""
+    """One single-thread executor per (byte stream, job): a stream's hash updates run in
+    submission order, and so do its writes, each lane beside the other."""
 
     def __init__(self) -> None:
-        self.lanes: dict[Path, ThreadPoolExecutor] = {}
+        self.lanes: dict[tuple[Path, str], ThreadPoolExecutor] = {}
 
-    def submit(self, key: Path, fn, *args) -> Future:
+    def submit(self, key: tuple[Path, str], fn, *args) -> Future:
         if key not in self.lanes:
-            self.lanes[key] = ThreadPoolExecutor(1, thread_name_prefix="merge-hash")
+            self.lanes[key] = ThreadPoolExecutor(1, thread_name_prefix=f"merge-{key[1]}")
         return self.lanes[key].submit(fn, *args)
 
     def close(self, cancel: bool) -> None:
@@ -142,8 +149,9 @@ class _Lanes:
 
 
 class _ShardWriter:
-    """One output shard, written and hashed on its folder's lane (in order) while the main thread
-    reads and combines the next piece."""
+    """One output shard, hashed on one lane and written on another (each in order) while the main
+    thread reads and combines the next piece: hashing (BLAKE3, 2 GB/s here) and splicing into the
+    page cache (2 GB/s) take about as long each, so neither waits for the other."""
 
     def __init__(self, path: Path, streamer: _Streamer) -> None:
         self.path, self.streamer = path, streamer
@@ -151,21 +159,24 @@ class _ShardWriter:
         self.hash, self.written = hasher(), 0
 
     def write(self, data: memoryview) -> None:
-        self.streamer.on_lane(self.path.parent, self._write, data)
+        self.streamer.on_lane((self.path.parent, "hash"), self.hash.update, data)
+        self.streamer.on_lane((self.path.parent, "write"), self._append, data)
 
-    def _write(self, data: memoryview) -> None:
-        self.hash.update(data)
+    def _append(self, data: memoryview) -> None:
         self.file.append(data)
         self.written += len(data)
 
     def close(self, size: int) -> Future:
-        return self.streamer.lanes.submit(self.path.parent, self._close, size)
+        """The shard's digest, once its file is complete and closed."""
+        closed = self.streamer.lanes.submit((self.path.parent, "write"), self._close, size)
+        return self.streamer.lanes.submit(
+            (self.path.parent, "hash"), lambda: closed.result() or self.hash.hexdigest()
+        )
 
-    def _close(self, size: int) -> str:
+    def _close(self, size: int) -> None:
         self.file.close()
         if self.written != size:
             raise AssertionError(f"{self.path}: wrote {self.written} of {size} bytes")
-        return self.hash.hexdigest()
 
 
 class _Streamer:
@@ -192,12 +203,13 @@ class _Streamer:
         if self.bar is not None:
             self.bar.stop()
 
-    def on_lane(self, lane: Path, fn, data: memoryview) -> None:
+    def on_lane(self, lane: tuple[Path, str], fn, data: memoryview) -> None:
         """`fn(data)` on the lane; the arena half holding `data` is reused once it is done."""
         self.pending[self.half].append(self.lanes.submit(lane, fn, data))
 
     def input_hashes(self) -> dict[Path, FileDigest]:
-        jobs = {p: self.lanes.submit(p.parent, self.inputs.digest, p) for p in self.inputs.before}
+        jobs = {p: self.lanes.submit((p.parent, "hash"), self.inputs.digest, p)
+                for p in self.inputs.before}  # fmt: skip
         return {p: job.result() for p, job in jobs.items()}
 
     def tensor(self, t: TensorPlan, writers: list[_ShardWriter]) -> None:
@@ -281,7 +293,7 @@ class _Streamer:
         read_into(self.fds[ref.file], ref.offset + byte_start, memoryview(buf), ref.file)
         if ref.file in self.inputs.fed:
             self.on_lane(
-                ref.file.parent,
+                (ref.file.parent, "hash"),
                 partial(self.inputs.fed[ref.file].feed, ref.offset + byte_start),
                 memoryview(buf),
             )
