@@ -558,9 +558,9 @@ def test_the_appender_writes_every_byte_whatever_the_path(tmp_path: Path) -> Non
 
 
 def test_the_fused_bf16_kernel_equals_the_numpy_kernel_bit_for_bit() -> None:
-    """bf16.py (the compiled loop) against the numpy kernel it replaced for bf16, over every bf16 bit pattern
-    (NaN, infinities, subnormals, both zeros) as base and as tuned, with a tuned checkpoint, a
-    LoRA delta, or both, at strengths inside and outside [0, 1]."""
+    """bf16.py (the compiled loop) against the numpy kernel it replaced for bf16, over every bf16
+    bit pattern (NaN, infinities, subnormals, both zeros) as base and as tuned, with a tuned
+    checkpoint, a LoRA delta, or both, at strengths inside and outside [0, 1]."""
     import numpy as np
 
     from docthink.merge.kernel import CODECS, Combiner, numpy_range

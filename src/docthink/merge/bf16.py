@@ -8,7 +8,7 @@ results are bit-identical (tests/test_merge.py checks every bf16 pattern against
 kernel): 0.6 ns per value.
 
 The loop is written as LLVM IR with llvmlite and compiled for this CPU the first time a process
-needs it: importing llvmlite and compiling take 0.15-0.2 s. The same loop through numba took
+needs it: importing llvmlite and compiling took 0.14 s here. The same loop through numba took
 0.5 ns per value but 0.9-1.0 s to start (importing numba, then loading every registry it has,
 scipy's BLAS included, before its first call, even from its on-disk cache): half the merge of a
 0.6B model.
@@ -46,23 +46,25 @@ def lerp(base: np.ndarray, tuned: np.ndarray | None, delta: np.ndarray | None, a
     if variant is None:
         raise ValueError("lerp needs tuned values, a delta, or both")
     sources = [a.ctypes.data for a in (base, tuned, delta) if a is not None]
-    _compiled()[variant](*sources, alpha, out.ctypes.data, base.size)
-
-
-def _compiled() -> dict[str, Callable[..., None]]:
-    """The three variants, compiled once per process (the first caller compiles, others wait)."""
-    with _lock:
-        if not _kernels:
-            _kernels.update(_compile())
-        return _kernels
+    _loops()[variant](*sources, alpha, out.ctypes.data, base.size)
 
 
 _lock = threading.Lock()
-_kernels: dict[str, Callable[..., None]] = {}
+_compiled: tuple[object, dict[str, Callable[..., None]]] | None = None  # (the JIT engine, which
+# owns the machine code and so lives as long as the process, and the loops by name)
 
 
-def _compile() -> dict[str, Callable[..., None]]:
-    """The variants compiled for the host CPU."""
+def _loops() -> dict[str, Callable[..., None]]:
+    """The three variants, compiled once per process (the first caller compiles, others wait)."""
+    global _compiled
+    with _lock:
+        if _compiled is None:
+            _compiled = _compile()
+        return _compiled[1]
+
+
+def _compile() -> tuple[object, dict[str, Callable[..., None]]]:
+    """The variants compiled for the host CPU, with the engine that holds their code."""
     import llvmlite.binding as llvm  # type: ignore[import-untyped]
 
     llvm.initialize_native_target()
@@ -82,11 +84,7 @@ def _compile() -> dict[str, Callable[..., None]]:
         signature = ctypes.CFUNCTYPE(None, *pointers, ctypes.c_float, ctypes.c_void_p,
                                      ctypes.c_int64)  # fmt: skip
         functions[name] = signature(engine.get_function_address(name))  # CFUNCTYPE drops the GIL
-    _engine.append(engine)
-    return functions
-
-
-_engine: list[object] = []  # the JIT engine owning the machine code: freed with it, so never
+    return engine, functions
 
 
 def _module():  # type: ignore[no-untyped-def]

@@ -58,8 +58,8 @@ class Combiner:
     """Computes `base + alpha * ((tuned - base) + delta)` for several alphas at once."""
 
     def __init__(self, threads: int | None = None) -> None:
-        # half the cores: the other half hash and write the same bytes (stream.py); more kernel threads
-        # than that only add GIL hand-offs (sys time) on a 2-core machine
+        # half the cores: the other half hash and write the same bytes (stream.py); more kernel
+        # threads than that only add GIL hand-offs (sys time) on a 2-core machine
         self.threads = threads or max(1, len(os.sched_getaffinity(0)) // 2)
         self.pool = ThreadPoolExecutor(self.threads, thread_name_prefix="merge-kernel")
 

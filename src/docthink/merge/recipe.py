@@ -16,9 +16,8 @@ class MergeRecipe(Recipe):
     tuned: Path = Field(description="the fine-tuned checkpoint, or a PEFT LoRA adapter folder")
     alphas: list[float] = Field(min_length=1, description="merge strengths: base + a*(tuned-base)")
     outs: list[Path] = Field(
-        min_length=1,
-        description="one output folder per alpha, or one whose name contains "
-        "{alpha} (written out per alpha, e.g. merged-{alpha} -> merged-0.25)",
+        min_length=1, description="one output folder per alpha, or one whose name contains "
+        "{alpha} (written out per alpha, e.g. merged-{alpha} -> merged-0.25)"
     )
     shard_size: int = Field(5 * 2**30, gt=0, description="bytes per output shard, at most")
     chunk_bytes: int = Field(32 * 2**20, gt=0, description="buffer budget of one step (memory)")
@@ -43,8 +42,6 @@ class MergeRecipe(Recipe):
     def _extrapolation_only_when_asked(self) -> MergeRecipe:
         outside = [a for a in self.alphas if not 0 <= a <= 1]
         if outside and not self.extrapolate:
-            raise ValueError(
-                f"alpha {outside[0]:g} is outside [0, 1], an extrapolation: ask for "
-                "it with --extrapolate (extrapolate: true in a recipe)"
-            )
+            raise ValueError(f"alpha {outside[0]:g} is outside [0, 1], an extrapolation: ask for "
+                             "it with --extrapolate (extrapolate: true in a recipe)")
         return self
